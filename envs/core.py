@@ -1,0 +1,110 @@
+"""What the ISP environments share: the images of this worker's shards, their previews and reference
+scores, the batched ISP executor and the frozen task model. One `evaluate` call scores N pipelines with
+one executor call and one task-model batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from posisp_dist.data.shards import RawBatch
+from posisp_dist.isp.executor import ISPExecutor, sequence_lengths
+from posisp_dist.isp.registry import Registry
+from posisp_dist.isp.render import input_raw
+from posisp_dist.isp.xp import to_numpy
+from posisp_dist.tasks.base import TaskModel
+
+
+def area_downsample(img: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W, 3) -> (N, size, size, 3) by block averaging (H and W multiples of size) or striding."""
+    n, h, w, c = img.shape
+    if h % size == 0 and w % size == 0:
+        return img.reshape(n, size, h // size, size, w // size, c).mean(axis=(2, 4))
+    ys, xs = (np.arange(size) * h) // size, (np.arange(size) * w) // size
+    return img[:, ys][:, :, xs]
+
+
+def brightness_penalty(img: Any, xp: ModuleType) -> np.ndarray:
+    """The paper's range penalty on mean brightness: steep below 0.01, gentle above 0.9."""
+    mean = to_numpy(img.reshape(img.shape[0], -1).mean(axis=1)).astype(np.float64)
+    return np.where(mean < 0.01, (0.01 - mean) * 1000.0, 0.0) + np.where(mean > 0.9, (mean - 0.9) * 10.0, 0.0)
+
+
+@dataclass
+class StepResult:
+    reward: np.ndarray  # (N,)
+    task_score: np.ndarray  # (N,)
+    ref_score: np.ndarray  # (N,)
+    cost: np.ndarray  # (N,)
+    length: np.ndarray  # (N,)
+    tokens: np.ndarray  # (N, L)
+    params: np.ndarray  # (N, P) normalised
+
+
+class ISPTaskCore:
+    """Images + executor + task model. Rewards are relative to the input-RAW rendering of each image."""
+
+    def __init__(
+        self,
+        batch: RawBatch,
+        task: TaskModel,
+        registry: Registry,
+        xp: ModuleType = np,
+        preview_size: int = 64,
+        cost_lambda: float = 0.0,
+        brightness: bool = True,
+    ) -> None:
+        if len(batch) == 0:
+            raise ValueError("the environment needs at least one image")
+        self.batch, self.task, self.registry, self.xp = batch, task, registry, xp
+        self.executor = ISPExecutor(registry, xp)
+        self.cost_lambda, self.use_brightness = cost_lambda, brightness
+        self.images = input_raw(xp.asarray(batch.raw), batch.black_level, batch.white_level, batch.cfa, xp)
+        self.previews = area_downsample(to_numpy(self.images), preview_size).astype(np.float32)
+        self.targets = batch.targets
+        self.ref_score = np.asarray(task.score(self.images, self.targets), np.float64)
+        self.ref_penalty = brightness_penalty(self.images, xp)
+        self.task_calls = 0
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def check_action(self, tokens: Any, params: Any, n: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Validate a batch of actions; raise ValueError naming what is wrong."""
+        t = np.asarray(tokens)
+        p = np.asarray(params, dtype=np.float64)
+        if t.shape != (n, max_len):
+            raise ValueError(f"action 'modules' must be shaped ({max_len},) per env, got {t.shape[1:] or t.shape}")
+        if p.shape != (n, self.registry.n_params):
+            raise ValueError(f"action 'params' must be shaped ({self.registry.n_params},) per env, got {p.shape[1:]}")
+        if not np.isfinite(p).all():
+            raise ValueError("action 'params' contains NaN or inf")
+        if p.min() < 0.0 or p.max() > 1.0:
+            raise ValueError(f"action 'params' must lie in [0, 1] (normalised); got [{p.min():.3g}, {p.max():.3g}]")
+        if not np.issubdtype(t.dtype, np.integer) and not np.all(t == np.round(t)):
+            raise ValueError("action 'modules' must hold integer module ids")
+        t = t.astype(np.int64)
+        if t.min() < 0 or t.max() > self.registry.n_modules:
+            raise ValueError(f"action 'modules' ids must lie in [0, {self.registry.n_modules}] (STOP = last)")
+        return t, p.astype(np.float32)
+
+    def evaluate(self, idx: np.ndarray, tokens: Any, params: Any, max_len: int | None = None) -> StepResult:
+        """Run N pipelines on images `idx` in one executor call and score them in one task batch."""
+        idx = np.asarray(idx)
+        t, p = self.check_action(tokens, params, len(idx), max_len or np.asarray(tokens).shape[-1])
+        sel = self.xp.asarray(idx)
+        out = self.executor.run(self.images[sel], t, p)
+        targets = [self.targets[i] for i in idx]
+        score = np.asarray(self.task.score(out, targets), np.float64)
+        self.task_calls += 1
+        length = sequence_lengths(t, self.registry.n_modules)
+        costs = np.concatenate([self.registry.costs, [0.0]])
+        cost = np.array([costs[row[:k]].sum() for row, k in zip(t, length, strict=True)])
+        reward = score - self.ref_score[idx] - self.cost_lambda * cost
+        if self.use_brightness:
+            reward -= brightness_penalty(out, self.xp) - self.ref_penalty[idx]
+        reward = np.where(length == 0, 0.0, reward)  # STOP-only: the input itself, exactly 0
+        return StepResult(reward, score, self.ref_score[idx], cost, length, t, p)

@@ -1,0 +1,1 @@
+"""Baselines: fixed reference renderings and search over pipelines."""

@@ -1,0 +1,1 @@
+"""Benchmarks behind `posisp bench ...` (figures live in bench/README.md, not in timed tests)."""

@@ -1,0 +1,91 @@
+"""The `posisp` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from posisp_dist.config import ConfigError, load_config
+
+
+def _write_json(path: str | None, payload: Any) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2, default=str))
+
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from posisp_dist.data.build import build_dataset
+
+    cfg = load_config(args.config)
+    root = build_dataset(cfg.data, cfg.seed, force=args.force, progress=not args.quiet)
+    print(f"dataset ready at {root}")
+    return 0
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from posisp_dist.baselines.table import baseline_table, format_table
+    from posisp_dist.data.build import build_dataset
+    from posisp_dist.isp.xp import get_xp
+    from posisp_dist.tasks import load_task_model
+
+    cfg = load_config(args.config)
+    build_dataset(cfg.data, cfg.seed, progress=not args.quiet)
+    task = load_task_model(cfg.task, cfg.data.root, progress=not args.quiet)
+    rows = baseline_table(cfg, task, args.split, get_xp(cfg.isp.backend))
+    print(format_table(rows))
+    _write_json(args.json, {"split": args.split, "config": str(args.config), "rows": rows})
+    return 0
+
+
+def cmd_bench_isp(args: argparse.Namespace) -> int:
+    from posisp_dist.benchmarks import isp
+
+    result = isp.run(tuple(args.sizes), args.batch, args.min_time)
+    print(isp.format_rows(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="posisp", description="Task-aware ISP optimisation (POS-ISP) on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
+    b = data.add_parser("build", help="generate the built-in low-light raw dataset as Parquet shards")
+    b.add_argument("--config", required=True)
+    b.add_argument("--force", action="store_true", help="rebuild even if a matching dataset exists")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(fn=cmd_data_build)
+
+    bl = sub.add_parser("baselines", help="task metric of clean sRGB, input RAW, camera ISP and random search")
+    bl.add_argument("--config", required=True)
+    bl.add_argument("--split", default="test", choices=("train", "val", "test"))
+    bl.add_argument("--json", help="write the rows to this JSON file")
+    bl.add_argument("--quiet", action="store_true")
+    bl.set_defaults(fn=cmd_baselines)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    bi = bench.add_parser("isp", help="ISP module and pipeline throughput (NumPy, and CuPy when present)")
+    bi.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    bi.add_argument("--batch", type=int, default=32)
+    bi.add_argument("--min-time", type=float, default=0.5, help="seconds of repetitions per measurement")
+    bi.add_argument("--json")
+    bi.set_defaults(fn=cmd_bench_isp)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"posisp: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

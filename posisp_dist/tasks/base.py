@@ -1,0 +1,44 @@
+"""The one interface every frozen task model offers to the rest of the system."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+Targets = list[dict[str, np.ndarray]]  # per image: boxes (k, 4) x0 y0 x1 y1 pixels, labels (k,)
+Detections = list[dict[str, np.ndarray]]  # per image: boxes (n, 4), scores (n,), labels (n,)
+
+
+@runtime_checkable
+class TaskModel(Protocol):
+    """A frozen downstream model. Images are float (B, H, W, 3) in [0, 1], NumPy or CuPy."""
+
+    classes: list[str]
+
+    def score(self, images: Any, targets: Targets) -> np.ndarray:
+        """Per-image training signal, higher is better (the negative, clipped task loss)."""
+        ...
+
+    def predict(self, images: Any) -> Detections:
+        """Detections per image."""
+        ...
+
+    def evaluate(self, images: Any, targets: Targets) -> dict[str, float]:
+        """Dataset metric: COCO-style mAP@.5:.95 ('map') and mAP@.5 ('map50'), in percent."""
+        ...
+
+
+def to_torch_nchw(images: Any, device: Any) -> Any:
+    """(B, H, W, 3) NumPy/CuPy -> (B, 3, H, W) float32 torch tensor; CuPy goes through DLPack (no host copy)."""
+    import torch
+
+    if isinstance(images, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    elif isinstance(images, torch.Tensor):
+        t = images
+    else:  # CuPy or any DLPack producer
+        t = torch.from_dlpack(images)
+    if t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"images must be shaped (B, H, W, 3), got {tuple(t.shape)}")
+    return t.to(device=device, dtype=torch.float32).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,140 @@
+"""The built-in frozen detector: trained offline, deterministically, on clean sRGB renders; cached on disk."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from posisp_dist.config import TaskConfig
+from posisp_dist.data.shards import RawDataset, fingerprint
+from posisp_dist.tasks.base import Detections, Targets, to_torch_nchw
+from posisp_dist.tasks.centernet import CenterNet, decode, encode_targets, per_image_loss
+from posisp_dist.tasks.metrics import coco_map
+
+MODEL_FORMAT_VERSION = 1
+
+
+class BuiltinDetector:
+    """Frozen CenterNet behind the `TaskModel` interface; score = -clip(per-image CenterNet loss)."""
+
+    def __init__(
+        self,
+        net: CenterNet,
+        classes: list[str],
+        loss_clip: float = 4.0,
+        batch_size: int = 64,
+        score_threshold: float = 0.01,
+        device: str | None = None,
+    ) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.net = net.to(self.device).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.classes = list(classes)
+        self.loss_clip = loss_clip
+        self.batch_size = batch_size
+        self.score_threshold = score_threshold
+        self.calls = 0  # forward passes (batches) run, for compute accounting
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def _forward(self, images: Any) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        return self.net(to_torch_nchw(images, self.device))
+
+    @torch.inference_mode()
+    def losses(self, images: Any, targets: Targets) -> np.ndarray:
+        """(B,) unclipped per-image task loss."""
+        if len(targets) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
+        out = []
+        for s in range(0, images.shape[0], self.batch_size):
+            chunk = images[s : s + self.batch_size]
+            tgt = encode_targets(targets[s : s + self.batch_size], len(self.classes), chunk.shape[1:3])
+            pred = self._forward(chunk)
+            out.append(per_image_loss(pred, {k: v.to(self.device) for k, v in tgt.items()}).cpu().numpy())
+        return np.concatenate(out)
+
+    def score(self, images: Any, targets: Targets) -> np.ndarray:
+        return -np.clip(self.losses(images, targets), 0.0, self.loss_clip)
+
+    @torch.inference_mode()
+    def predict(self, images: Any) -> Detections:
+        dets: Detections = []
+        for s in range(0, images.shape[0], self.batch_size):
+            dets += decode(self._forward(images[s : s + self.batch_size]), min_score=self.score_threshold)
+        return dets
+
+    def evaluate(self, images: Any, targets: Targets) -> dict[str, float]:
+        return coco_map(self.predict(images), targets, len(self.classes), tuple(images.shape[1:3]))
+
+
+def detector_path(cfg: TaskConfig, dataset: RawDataset) -> Path:
+    key = fingerprint({"data": dataset.fingerprint, "train": cfg.train.model_dump(), "v": MODEL_FORMAT_VERSION})
+    return Path(cfg.cache_dir) / f"detector-{key}.pt"
+
+
+def train_detector(cfg: TaskConfig, train: RawDataset, progress: bool = True) -> tuple[CenterNet, dict[str, Any]]:
+    """Deterministic training on the clean sRGB renders of the train split (random flips only)."""
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    gen = np.random.default_rng(tc.seed)
+    batch = train.load()
+    images = batch.srgb.astype(np.float32) / 255.0
+    targets = batch.targets
+    net = CenterNet(len(train.classes), tc.width)
+    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.1)
+    net.train()
+    t0, losses = time.time(), []
+    for _ in tqdm(range(tc.steps), desc="training built-in detector", disable=not progress):
+        idx = gen.integers(0, len(images), tc.batch_size)
+        x, tg = images[idx], [targets[i] for i in idx]
+        if gen.random() < 0.5:  # horizontal flip of the whole batch
+            w = x.shape[2]
+            x = x[:, :, ::-1]
+            tg = [
+                {
+                    "boxes": np.stack(
+                        [w - t["boxes"][:, 2], t["boxes"][:, 1], w - t["boxes"][:, 0], t["boxes"][:, 3]], 1
+                    ),
+                    "labels": t["labels"],
+                }
+                for t in tg
+            ]
+        loss = per_image_loss(net(to_torch_nchw(x, "cpu")), encode_targets(tg, len(train.classes), x.shape[1:3])).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    net.eval()
+    return net, {"train_seconds": time.time() - t0, "final_loss": float(np.mean(losses[-50:]))}
+
+
+def load_or_train_detector(
+    cfg: TaskConfig, data_root: str | Path, progress: bool = True, device: str | None = None
+) -> BuiltinDetector:
+    """The cached built-in detector for this dataset and training config; trained when missing."""
+    train = RawDataset(data_root, "train")
+    path = detector_path(cfg, train)
+    if path.exists():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net = CenterNet(len(train.classes), cfg.train.width)
+        net.load_state_dict(state)
+    else:
+        net, info = train_detector(cfg, train, progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(net.state_dict(), tmp)
+        tmp.replace(path)  # atomic: a killed run never leaves a half-written cache file
+        path.with_suffix(".json").write_text(json.dumps({**info, "classes": train.classes}, indent=2))
+    return BuiltinDetector(net, train.classes, cfg.loss_clip, cfg.batch_size, cfg.score_threshold, device)

@@ -1,0 +1,68 @@
+"""Shared fixtures: array namespaces, and a tiny dataset + detector made once per session for 2-core CI."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as dng_writer
+
+from posisp_dist.config import Config, load_config  # noqa: E402
+from posisp_dist.isp.xp import cupy_available  # noqa: E402
+
+XPS = ["numpy"] + (["cupy"] if cupy_available() else [])
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=XPS)
+def xp(request):
+    """NumPy always; CuPy too when a GPU is visible."""
+    if request.param == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def tiny_overrides(tmp: Path) -> dict:
+    """Shrink configs/quick.yaml to seconds on 2 CPU cores."""
+    return {
+        "data.root": str(tmp / "data"),
+        "data.image_size": 64,
+        "data.n_train": 96,
+        "data.n_val": 24,
+        "data.n_test": 24,
+        "data.shard_size": 24,
+        "data.object_size": [12, 28],
+        "data.objects_per_image": [1, 2],
+        "task.cache_dir": str(tmp / "models"),
+        "task.train.steps": 60,
+        "task.train.width": 8,
+        "task.train.batch_size": 16,
+        "task.batch_size": 32,
+        "baselines.n_pipelines": 3,
+        "baselines.search_images": 8,
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tmp_path_factory) -> Config:
+    tmp = tmp_path_factory.mktemp("tiny")
+    return load_config(REPO / "configs" / "quick.yaml", tiny_overrides(tmp))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_cfg):
+    from posisp_dist.data.build import build_dataset
+
+    return build_dataset(tiny_cfg.data, tiny_cfg.seed, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tiny_cfg, tiny_data):
+    from posisp_dist.tasks import load_task_model
+
+    return load_task_model(tiny_cfg.task, tiny_data, progress=False, device="cpu")

@@ -1,0 +1,109 @@
+"""`posisp/SequenceISP-v0`: Gymnasium's checker, seeding, reward definition, bad actions, vector form."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from envs import SequenceISPEnv, SequenceISPVectorEnv
+from envs.core import ISPTaskCore
+from posisp_dist.data.shards import RawDataset
+from posisp_dist.isp import DEFAULT_REGISTRY as R
+
+
+@pytest.fixture(scope="module")
+def core(tiny_data, tiny_task):
+    return ISPTaskCore(RawDataset(tiny_data, "val").load(), tiny_task, R, preview_size=32)
+
+
+def test_check_env_passes_without_warnings(core):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(SequenceISPEnv(core, max_len=4), skip_render_check=True)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_same_seed_same_rollout(core):
+    def rollout(seed):
+        env = SequenceISPEnv(core, max_len=4)
+        env.action_space.seed(seed)
+        out = []
+        for ep in range(3):
+            obs, info = env.reset(seed=seed + ep)
+            _, rew, term, trunc, step_info = env.step(env.action_space.sample())
+            out.append((info["image_id"], float(obs.sum()), rew, term, trunc, step_info["pipeline"]))
+        return out
+
+    assert rollout(7) == rollout(7)
+    assert rollout(7) != rollout(8)
+
+
+def test_reward_definition_and_stop_only(core):
+    env = SequenceISPEnv(core, max_len=4)
+    env.reset(seed=0)
+    stop = {"modules": np.full(4, R.n_modules), "params": np.full(27, 0.5, np.float32)}
+    _, rew, term, _, info = env.step(stop)
+    assert rew == 0.0 and term and info["length"] == 0 and info["cost"] == 0.0
+    env.reset(seed=0)
+    action = {"modules": np.array([0, 0, R.n_modules, 1]), "params": np.full(27, 0.75, np.float32)}
+    _, rew, _, _, info = env.step(action)  # exposure twice (+1.75 EV each), then STOP: gamma never runs
+    assert info["pipeline"]["modules"] == ["exposure", "exposure"]
+    assert info["cost"] == pytest.approx(2 * 1.7)
+    assert info["pipeline"]["params"][0]["ev"] == pytest.approx(1.75)
+    brighter = rew + (info["ref_score"] - info["task_score"])  # what the brightness term contributed
+    assert rew == pytest.approx(info["task_score"] - info["ref_score"] + brighter)
+    assert brighter >= 0  # a dark input made brighter is never penalised more than the input was
+
+
+def test_cost_lambda_charges_modules(tiny_data, tiny_task):
+    batch = RawDataset(tiny_data, "val").load()
+    free = ISPTaskCore(batch, tiny_task, R, preview_size=32, brightness=False)
+    paid = ISPTaskCore(batch, tiny_task, R, preview_size=32, brightness=False, cost_lambda=0.1)
+    tokens, params = np.array([[3, 4, 10]]), np.full((1, 27), 0.5, np.float32)
+    a, b = free.evaluate(np.array([0]), tokens, params), paid.evaluate(np.array([0]), tokens, params)
+    assert a.reward[0] - b.reward[0] == pytest.approx(0.1 * (6.3 + 10.0))
+
+
+@pytest.mark.parametrize(
+    "action, match",
+    [
+        ({"modules": np.zeros(4, int), "params": np.full(27, np.nan, np.float32)}, "NaN"),
+        ({"modules": np.zeros(4, int), "params": np.full(27, 1.5, np.float32)}, r"\[0, 1\]"),
+        ({"modules": np.zeros(3, int), "params": np.zeros(27, np.float32)}, r"shaped \(4,\)"),
+        ({"modules": np.zeros(4, int), "params": np.zeros(26, np.float32)}, r"shaped \(27,\)"),
+        ({"modules": np.full(4, 11), "params": np.zeros(27, np.float32)}, r"ids must lie in \[0, 10\]"),
+    ],
+)
+def test_bad_actions_are_rejected(core, action, match):
+    env = SequenceISPEnv(core, max_len=4)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=match):
+        env.step(action)
+
+
+def test_step_without_reset_raises(core):
+    with pytest.raises(RuntimeError, match="reset"):
+        SequenceISPEnv(core, max_len=4).step({"modules": np.zeros(4, int), "params": np.zeros(27, np.float32)})
+
+
+def test_vector_env_batches_one_executor_and_task_call(core):
+    venv = SequenceISPVectorEnv(core, num_envs=6, max_len=4)
+    obs, info = venv.reset(seed=3)
+    assert obs.shape == (6, 32, 32, 3) and venv.observation_space.contains(obs)
+    venv.action_space.seed(3)
+    actions = venv.action_space.sample()
+    calls, task_calls = core.executor.stats.batches, core.task_calls
+    _, rew, term, trunc, step_info = venv.step(actions)
+    assert core.executor.stats.batches == calls + 1 and core.task_calls == task_calls + 1
+    assert rew.shape == (6,) and term.all() and not trunc.any()
+    # the same pipelines through the single env give the same rewards
+    for i in range(6):
+        single = core.evaluate(
+            np.array([info["image_id"][i] % 10_000_000]), actions["modules"][i : i + 1], actions["params"][i : i + 1]
+        )
+        assert single.reward[0] == pytest.approx(rew[i], abs=1e-5)
+    _, rew2, term2, _, _ = venv.step(actions)  # NEXT_STEP autoreset
+    assert not term2.any() and (rew2 == 0).all()

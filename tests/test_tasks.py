@@ -1,0 +1,125 @@
+"""The frozen task models: built-in detector (determinism, scoring, mAP) and the user-weight adapters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from posisp_dist.baselines.table import render_reference
+from posisp_dist.data.shards import RawDataset
+from posisp_dist.tasks.adapters import TorchvisionDetector, UltralyticsDetector
+from posisp_dist.tasks.base import TaskModel
+from posisp_dist.tasks.detector import detector_path, train_detector
+from posisp_dist.tasks.metrics import box_iou, coco_map, prediction_score
+
+
+def _gt(n=6):
+    rng = np.random.default_rng(0)
+    targets = []
+    for _ in range(n):
+        xy = rng.uniform(0, 40, (2, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(8, 20, (2, 2))], 1).astype(np.float32)
+        targets.append({"boxes": boxes, "labels": rng.integers(0, 3, 2)})
+    return targets
+
+
+def test_coco_map_perfect_and_wrong_predictions():
+    gt = _gt()
+    perfect = [{"boxes": t["boxes"], "scores": np.ones(2), "labels": t["labels"]} for t in gt]
+    assert coco_map(perfect, gt, 3, (64, 64)) == {"map": pytest.approx(100.0), "map50": pytest.approx(100.0)}
+    shifted = [{**d, "boxes": d["boxes"] + 30.0} for d in perfect]
+    assert coco_map(shifted, gt, 3, (64, 64))["map"] == pytest.approx(0.0)
+    wrong_cls = [{**d, "labels": (d["labels"] + 1) % 3} for d in perfect]
+    assert coco_map(wrong_cls, gt, 3, (64, 64))["map50"] == pytest.approx(0.0)
+
+
+def test_prediction_score_orders_quality():
+    gt = _gt(3)
+    perfect = [{"boxes": t["boxes"], "scores": np.full(2, 0.9), "labels": t["labels"]} for t in gt]
+    half = [{"boxes": t["boxes"][:1], "scores": np.full(1, 0.9), "labels": t["labels"][:1]} for t in gt]
+    none = [{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)} for _ in gt]
+    s = [prediction_score(d, gt).mean() for d in (perfect, half, none)]
+    assert s[0] == pytest.approx(0.9) and s[1] == pytest.approx(0.45) and s[2] == 0.0
+    np.testing.assert_allclose(box_iou(gt[0]["boxes"], gt[0]["boxes"]).diagonal(), 1.0)
+
+
+def test_builtin_detector_interface_and_signal(tiny_task, tiny_data):
+    assert isinstance(tiny_task, TaskModel)
+    val = RawDataset(tiny_data, "val").load()
+    clean = render_reference(val, "clean_srgb")
+    dark = render_reference(val, "input_raw")
+    s_clean, s_dark = tiny_task.score(clean, val.targets), tiny_task.score(dark, val.targets)
+    assert s_clean.shape == (len(val),) and np.all(s_clean <= 0)
+    assert s_clean.mean() > s_dark.mean()  # the detector was trained on clean sRGB renders
+    m = tiny_task.evaluate(clean, val.targets)
+    assert 0.0 <= m["map50"] <= 100.0 and m["map"] <= m["map50"]
+    with pytest.raises(ValueError, match="images but"):
+        tiny_task.score(clean[:3], val.targets)
+
+
+def test_detector_training_is_deterministic_and_cached(tiny_cfg, tiny_data, tiny_task):
+    cfg = tiny_cfg.task.model_copy(update={"train": tiny_cfg.task.train.model_copy(update={"steps": 3})})
+    ds = RawDataset(tiny_data, "train")
+    a, _ = train_detector(cfg, ds, progress=False)
+    b, _ = train_detector(cfg, ds, progress=False)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+    assert detector_path(tiny_cfg.task, ds).exists()  # the session fixture trained and cached it
+    assert detector_path(cfg, ds) != detector_path(tiny_cfg.task, ds)  # a new training config is a new model
+
+
+class _FakeTorchvision(torch.nn.Module):
+    """Follows torchvision's detection calling convention; 'detects' one fixed box, labels 1-based."""
+
+    def forward(self, images):
+        return [
+            {
+                "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]),
+                "scores": torch.tensor([0.8]),
+                "labels": torch.tensor([2]),
+            }
+            for _ in images
+        ]
+
+
+class _FakeYOLO:
+    """Follows ultralytics' `model.predict(list[np.ndarray]) -> results[i].boxes.{xyxy,conf,cls}`."""
+
+    def __init__(self):
+        self.seen = []
+
+    def predict(self, images, verbose=False, conf=0.001):
+        self.seen = images
+        boxes = type(
+            "Boxes", (), {"xyxy": np.array([[0.0, 0.0, 10.0, 10.0]]), "conf": np.array([0.8]), "cls": np.array([1.0])}
+        )
+        return [type("Result", (), {"boxes": boxes}) for _ in images]
+
+
+@pytest.mark.parametrize("adapter", ["torchvision", "ultralytics"])
+def test_adapters_map_predictions_and_scores(adapter):
+    model = (
+        TorchvisionDetector(_FakeTorchvision(), ["a", "b"], device="cpu")
+        if adapter == "torchvision"
+        else UltralyticsDetector(_FakeYOLO(), ["a", "b"])
+    )
+    images = np.zeros((2, 32, 32, 3), np.float32)
+    dets = model.predict(images)
+    assert dets[0]["labels"].tolist() == [1] and dets[0]["boxes"].shape == (1, 4)
+    hit = [{"boxes": np.array([[0, 0, 10, 10]], np.float32), "labels": np.array([1])}] * 2
+    miss = [{"boxes": np.array([[20, 20, 30, 30]], np.float32), "labels": np.array([1])}] * 2
+    np.testing.assert_allclose(model.score(images, hit), 0.8)
+    np.testing.assert_allclose(model.score(images, miss), 0.0)
+    assert model.evaluate(images, hit)["map50"] == pytest.approx(100.0)
+    assert isinstance(model, TaskModel)
+    if adapter == "ultralytics":
+        assert model.model.seen[0].dtype == np.uint8 and model.model.seen[0].shape == (32, 32, 3)
+
+
+def test_torchvision_from_weights_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="torchvision weights not found"):
+        TorchvisionDetector.from_weights(str(tmp_path / "none.pt"), ["a"])
+    torch.save({"not": "a model"}, tmp_path / "state.pt")
+    with pytest.raises(ValueError, match="does not hold a torch.nn.Module"):
+        TorchvisionDetector.from_weights(str(tmp_path / "state.pt"), ["a"])
