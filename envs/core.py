@@ -42,6 +42,7 @@ class StepResult:
     length: np.ndarray  # (N,)
     tokens: np.ndarray  # (N, L)
     params: np.ndarray  # (N, P) normalised
+    output: Any = None  # (N, H, W, 3) ISP outputs, when asked for
 
 
 class ISPTaskCore:
@@ -60,6 +61,7 @@ class ISPTaskCore:
         if len(batch) == 0:
             raise ValueError("the environment needs at least one image")
         self.batch, self.task, self.registry, self.xp = batch, task, registry, xp
+        self.preview_size = preview_size
         self.executor = ISPExecutor(registry, xp)
         self.cost_lambda, self.use_brightness = cost_lambda, brightness
         self.images = input_raw(xp.asarray(batch.raw), batch.black_level, batch.white_level, batch.cfa, xp)
@@ -71,6 +73,13 @@ class ISPTaskCore:
 
     def __len__(self) -> int:
         return len(self.batch)
+
+    def get(self) -> ISPTaskCore:
+        """The core itself (environments accept this or a lazy `envs.factory.CoreSource`)."""
+        return self
+
+    def bind_worker(self, worker_index: int, num_workers: int) -> None:
+        """A ready core already holds its images; nothing to bind."""
 
     def check_action(self, tokens: Any, params: Any, n: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Validate a batch of actions; raise ValueError naming what is wrong."""
@@ -91,7 +100,9 @@ class ISPTaskCore:
             raise ValueError(f"action 'modules' ids must lie in [0, {self.registry.n_modules}] (STOP = last)")
         return t, p.astype(np.float32)
 
-    def evaluate(self, idx: np.ndarray, tokens: Any, params: Any, max_len: int | None = None) -> StepResult:
+    def evaluate(
+        self, idx: np.ndarray, tokens: Any, params: Any, max_len: int | None = None, keep_output: bool = False
+    ) -> StepResult:
         """Run N pipelines on images `idx` in one executor call and score them in one task batch."""
         idx = np.asarray(idx)
         t, p = self.check_action(tokens, params, len(idx), max_len or np.asarray(tokens).shape[-1])
@@ -107,4 +118,4 @@ class ISPTaskCore:
         if self.use_brightness:
             reward -= brightness_penalty(out, self.xp) - self.ref_penalty[idx]
         reward = np.where(length == 0, 0.0, reward)  # STOP-only: the input itself, exactly 0
-        return StepResult(reward, score, self.ref_score[idx], cost, length, t, p)
+        return StepResult(reward, score, self.ref_score[idx], cost, length, t, p, out if keep_output else None)

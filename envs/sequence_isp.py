@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -10,6 +10,9 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from envs.core import ISPTaskCore, StepResult
+
+if TYPE_CHECKING:
+    from envs.factory import CoreSource
 
 
 def sequence_action_space(n_modules: int, max_len: int, n_params: int) -> spaces.Dict:
@@ -56,17 +59,25 @@ class SequenceISPEnv(gym.Env):
     `terminated=True` after the single step; `info` holds the decoded pipeline, the task score and cost.
 
     ## Arguments
-    `core`: an `ISPTaskCore` (images, executor, task model); `max_len`: longest pipeline L.
+    `core`: an `ISPTaskCore` (images, executor, task model), or a lazy `envs.factory.CoreSource` that loads
+    them at the first reset; `max_len`: longest pipeline L.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, core: ISPTaskCore, max_len: int = 10) -> None:
-        self.core, self.max_len = core, max_len
-        s = core.previews.shape[1]
+    def __init__(self, core: ISPTaskCore | CoreSource, max_len: int = 10) -> None:
+        self.source, self.max_len = core, max_len
+        s = core.preview_size
         self.observation_space = spaces.Box(0.0, 1.0, (s, s, 3), np.float32)
         self.action_space = sequence_action_space(core.registry.n_modules, max_len, core.registry.n_params)
         self._idx: int | None = None
+
+    @property
+    def core(self) -> ISPTaskCore:
+        return self.source.get()
+
+    def bind_worker(self, worker_index: int, num_workers: int) -> None:
+        self.source.bind_worker(worker_index, num_workers)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -92,8 +103,8 @@ class SequenceISPVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, core: ISPTaskCore, num_envs: int, max_len: int = 10) -> None:
-        self.core, self.num_envs, self.max_len = core, num_envs, max_len
+    def __init__(self, core: ISPTaskCore | CoreSource, num_envs: int, max_len: int = 10) -> None:
+        self.source, self.num_envs, self.max_len = core, num_envs, max_len
         single = SequenceISPEnv(core, max_len)
         self.single_observation_space = single.observation_space
         self.single_action_space = single.action_space
@@ -101,6 +112,13 @@ class SequenceISPVectorEnv(VectorEnv):
         self.action_space = gym.vector.utils.batch_space(single.action_space, num_envs)
         self._idx = np.zeros(num_envs, np.int64)
         self._needs_reset = True
+
+    @property
+    def core(self) -> ISPTaskCore:
+        return self.source.get()
+
+    def bind_worker(self, worker_index: int, num_workers: int) -> None:
+        self.source.bind_worker(worker_index, num_workers)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

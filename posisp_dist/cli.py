@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from posisp_dist.config import ConfigError, load_config
+from posisp_dist.train.tracking import TrackingError
 
 
 def _write_json(path: str | None, payload: Any) -> None:
@@ -50,6 +51,54 @@ def cmd_bench_isp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from posisp_dist.train.driver import train
+
+    if not args.config and not args.resume:
+        raise ValueError("train needs --config (a new run) or --resume RUN_ID")
+    overrides = {"train.iterations": args.iterations} if args.iterations and args.config else None
+    cfg = load_config(args.config, overrides) if args.config and not args.resume else None
+    if args.resume and args.config:  # the run's own config wins; --config only names the tracking store
+        args.tracking_uri = args.tracking_uri or load_config(args.config).tracking.uri
+    summary = train(
+        cfg,
+        resume_run_id=args.resume,
+        tracking_uri=args.tracking_uri,
+        iterations=args.iterations,
+        progress=not args.quiet,
+    )
+    print(f"MLflow run: {summary['run_id']}")
+    print(json.dumps({k: v for k, v in summary.items() if k != "run_id"}, indent=2, default=str))
+    _write_json(args.json, summary)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from posisp_dist.baselines.table import format_table
+    from posisp_dist.train.evaluate import evaluate_run
+
+    payload = evaluate_run(args.run, args.split, args.tracking_uri, progress=not args.quiet)
+    print(format_table(payload["rows"]))
+    _write_json(args.json, payload)
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from posisp_dist.isp.executor import ISPExecutor
+    from posisp_dist.isp.registry import DEFAULT_REGISTRY
+    from posisp_dist.isp.xp import get_xp
+    from posisp_dist.train.apply import apply_files
+    from posisp_dist.train.driver import fetch_run
+    from posisp_dist.train.inference import load_policy
+
+    cfg, ckpt, _ = fetch_run(args.run, args.tracking_uri)
+    executor = ISPExecutor(DEFAULT_REGISTRY.subset(cfg.isp.modules), get_xp(cfg.isp.backend))
+    records = apply_files(load_policy(ckpt), executor, cfg.env.preview_size, args.inputs, args.output)
+    for r in records:
+        print(f"{r['input']} -> {r['output']}: {' > '.join(r['modules']) or '(no modules)'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posisp", description="Task-aware ISP optimisation (POS-ISP) on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -68,6 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--quiet", action="store_true")
     bl.set_defaults(fn=cmd_baselines)
 
+    tr = sub.add_parser("train", help="train sequence-level PPO on Ray, tracked in MLflow")
+    tr.add_argument("--config", help="experiment YAML (e.g. configs/quick.yaml)")
+    tr.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint")
+    tr.add_argument("--iterations", type=int, help="override train.iterations (total, including resumed ones)")
+    tr.add_argument("--tracking-uri", help="MLflow tracking URI (default: the config's, else the local SQLite store)")
+    tr.add_argument("--json", help="write the run summary to this JSON file")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(fn=cmd_train)
+
+    ev = sub.add_parser("eval", help="baseline rows plus the learned policy's greedy pipelines on a split")
+    ev.add_argument("--run", required=True, metavar="RUN_ID")
+    ev.add_argument("--split", default="test", choices=("train", "val", "test"))
+    ev.add_argument("--tracking-uri")
+    ev.add_argument("--json", help="write the rows and per-image pipelines to this JSON file")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(fn=cmd_eval)
+
+    ap = sub.add_parser("apply", help="process DNG / raw .npz files with a trained policy")
+    ap.add_argument("--run", required=True, metavar="RUN_ID")
+    ap.add_argument("inputs", nargs="+", help="DNG (or any LibRaw raw) or .npz files")
+    ap.add_argument("-o", "--output", required=True, help="directory for PNGs and pipeline JSON")
+    ap.add_argument("--tracking-uri")
+    ap.set_defaults(fn=cmd_apply)
+
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     bi = bench.add_parser("isp", help="ISP module and pipeline throughput (NumPy, and CuPy when present)")
     bi.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
@@ -82,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, TrackingError) as e:
         print(f"posisp: error: {e}", file=sys.stderr)
         return 2
 

@@ -95,22 +95,28 @@ class DetectorTrainConfig(_Strict):
     seed: int = 0
 
 
+TASK_KINDS = ("builtin_detector", "torchvision", "ultralytics", "brightness_target")
+
+
 class TaskConfig(_Strict):
     """The frozen downstream task model."""
 
-    kind: str = Field("builtin_detector", description="builtin_detector | torchvision | ultralytics")
+    kind: str = Field(
+        "builtin_detector", description="builtin_detector | torchvision | ultralytics | brightness_target"
+    )
     weights: str | None = Field(None, description="user weights for torchvision/ultralytics adapters")
     cache_dir: str = Field(".posisp/models", description="where the built-in detector is cached")
     train: DetectorTrainConfig = DetectorTrainConfig()
     loss_clip: float = Field(4.0, gt=0, description="per-image task loss is clipped to [0, loss_clip]")
     batch_size: int = Field(64, ge=1, description="images per task-model forward pass")
     score_threshold: float = Field(0.01, ge=0, le=1, description="detections kept for mAP")
+    brightness_target: float = Field(0.4, gt=0, lt=1, description="target mean luminance of `brightness_target`")
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
-        if self.kind not in ("builtin_detector", "torchvision", "ultralytics"):
-            raise ValueError(f"unknown task kind {self.kind!r}; expected builtin_detector, torchvision or ultralytics")
-        if self.kind != "builtin_detector" and not self.weights:
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"unknown task kind {self.kind!r}; expected one of {TASK_KINDS}")
+        if self.kind in ("torchvision", "ultralytics") and not self.weights:
             raise ValueError(f"task kind {self.kind!r} needs `weights` (a path to user-supplied weights)")
         return self
 
@@ -140,6 +146,72 @@ class BaselineConfig(_Strict):
     seed: int = 0
 
 
+class EnvConfig(_Strict):
+    """The sequence-ISP environment seen by each EnvRunner."""
+
+    preview_size: int = Field(64, ge=8, le=512, description="side of the observation preview (area-downsampled)")
+    cost_lambda: float = Field(0.0, ge=0, description="reward -= cost_lambda * summed module cost (paper: 0)")
+    brightness_penalty: bool = Field(True, description="subtract the paper's brightness range penalty")
+    num_envs_per_runner: int = Field(16, ge=1, description="pipelines one EnvRunner runs per executor call")
+    max_images: int | None = Field(None, ge=1, description="cap on the train images an EnvRunner holds")
+
+
+class PolicyConfig(_Strict):
+    """The sequence policy network."""
+
+    hidden: int = Field(64, ge=4, description="encoder output and GRU width")
+    image_blind: bool = Field(False, description="the paper's variant: the module sequence ignores the image")
+    allow_repeats: bool = Field(False, description="let a module appear twice in one pipeline")
+
+
+class PPOConfigModel(_Strict):
+    """RLlib PPO hyper-parameters, named after the algorithm."""
+
+    lr: float = Field(3e-4, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1, description="irrelevant for one-step episodes; kept for the step-wise twin")
+    gae_lambda: float = Field(1.0, ge=0, le=1)
+    clip_coef: float = Field(0.2, gt=0, description="PPO ratio clip")
+    vf_coef: float = Field(0.5, ge=0, description="value-loss weight")
+    ent_coef: float = Field(0.0, ge=0, description="entropy bonus weight")
+    kl_coef: float = Field(0.2, ge=0, description="initial KL penalty weight (RLlib default); 0 turns the KL loss off")
+    kl_target: float = Field(0.01, gt=0)
+    train_batch_size: int = Field(256, ge=1, description="env steps per training iteration")
+    minibatch_size: int = Field(64, ge=1)
+    num_epochs: int = Field(4, ge=1, description="SGD passes over each train batch")
+    grad_clip: float | None = Field(0.5, gt=0)
+    vf_clip: float = Field(100.0, gt=0, description="value-loss clip (rewards are in task-score units)")
+
+    @model_validator(mode="after")
+    def _check(self) -> PPOConfigModel:
+        if self.minibatch_size > self.train_batch_size:
+            raise ValueError("ppo.minibatch_size must not exceed ppo.train_batch_size")
+        return self
+
+
+class TrainConfig(_Strict):
+    """The training driver and its Ray resources."""
+
+    iterations: int = Field(40, ge=1, description="PPO iterations (each = ppo.train_batch_size env steps)")
+    time_budget_s: float | None = Field(None, gt=0, description="stop after this many seconds of training")
+    num_env_runners: int = Field(1, ge=0, description="remote EnvRunner actors (0: sample in the driver)")
+    num_cpus_per_env_runner: float = Field(1, ge=0)
+    num_gpus_per_env_runner: float = Field(0.0, ge=0, description="GPU fraction per EnvRunner (CuPy ISP + task model)")
+    num_gpus_per_learner: float = Field(0.0, ge=0, description="GPU for the central learner")
+    checkpoint_every: int = Field(5, ge=1, description="iterations between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="local checkpoints kept (all are logged to MLflow)")
+    out_dir: str = Field(".posisp/runs", description="local checkpoints and figures, one folder per run")
+    grid_images: int = Field(6, ge=1, description="val images in the input-vs-ISP picture")
+    ray_address: str | None = Field(None, description="Ray cluster address; None starts or joins a local one")
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking; the URI is explicit (default: a SQLite store under .posisp/mlflow)."""
+
+    uri: str | None = Field(None, description="MLflow tracking URI; None = sqlite:///<abs>/.posisp/mlflow/mlflow.db")
+    experiment: str = Field("posisp", min_length=1)
+    artifact_root: str | None = Field(None, description="artifact location for a new experiment")
+
+
 class Config(_Strict):
     """A whole experiment."""
 
@@ -148,6 +220,11 @@ class Config(_Strict):
     task: TaskConfig = TaskConfig()
     isp: ISPConfig = ISPConfig()
     baselines: BaselineConfig = BaselineConfig()
+    env: EnvConfig = EnvConfig()
+    policy: PolicyConfig = PolicyConfig()
+    ppo: PPOConfigModel = PPOConfigModel()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 class ConfigError(ValueError):

@@ -66,3 +66,14 @@ def tiny_task(tiny_cfg, tiny_data):
     from posisp_dist.tasks import load_task_model
 
     return load_task_model(tiny_cfg.task, tiny_data, progress=False, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance (2 CPUs) shared by every test that trains."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 import torch
 
 from posisp_dist.policy import SequencePolicyNet
+from posisp_dist.policy.pipeline_dist import MASKED, alive_mask
 
 M, L = 3, 3  # tiny vocabulary: 3 modules + STOP, pipelines up to 3 long
 
@@ -22,6 +22,11 @@ def _all_pipelines(allow_repeats: bool):
     return torch.tensor(rows)
 
 
+def _score(net, feat, seqs):
+    dec = net.decode(feat.expand(len(seqs), -1), seqs)
+    return net.distribution(feat.expand(len(seqs), -1), dec)
+
+
 @pytest.mark.parametrize("allow_repeats", [False, True])
 @pytest.mark.parametrize("image_blind", [False, True])
 def test_sequence_probabilities_sum_to_one_and_entropy_is_exact(allow_repeats, image_blind):
@@ -29,12 +34,26 @@ def test_sequence_probabilities_sum_to_one_and_entropy_is_exact(allow_repeats, i
     net = SequencePolicyNet(M, 2, L, hidden=16, image_blind=image_blind, allow_repeats=allow_repeats)
     feat = net.features(torch.rand(1, 16, 16, 3))
     seqs = _all_pipelines(allow_repeats)
-    _, logp, _ = net.decode(feat.expand(len(seqs), -1), seqs)
+    dist = _score(net, feat, seqs)
+    logp = dist.token_logp(seqs)
     assert torch.exp(logp).sum().item() == pytest.approx(1.0, abs=1e-5)
     exact_entropy = -(torch.exp(logp) * logp).sum().item()
     # the per-step entropy sum along a path, averaged under the policy, equals the joint entropy
-    _, _, path_ent = net.decode(feat.expand(len(seqs), -1), seqs)
-    assert (torch.exp(logp) * path_ent).sum().item() == pytest.approx(exact_entropy, rel=1e-5)
+    assert (torch.exp(logp) * dist.token_entropy()).sum().item() == pytest.approx(exact_entropy, rel=1e-5)
+
+
+def test_kl_along_paths_averages_to_the_exact_joint_kl():
+    torch.manual_seed(3)
+    p_net, q_net = SequencePolicyNet(M, 2, L, hidden=16), SequencePolicyNet(M, 2, L, hidden=16)
+    obs = torch.rand(1, 16, 16, 3)
+    seqs = _all_pipelines(False)
+    p = _score(p_net, p_net.features(obs), seqs)
+    q = _score(q_net, q_net.features(obs), seqs)
+    lp, lq = p.token_logp(seqs), q.token_logp(seqs)
+    exact = (lp.exp() * (lp - lq)).sum()
+    beta_kl = torch.distributions.kl_divergence(p.params_dist, q.params_dist).sum(-1)
+    path_kl = p.kl(q) - beta_kl  # token part of the path KL
+    assert (lp.exp() * path_kl).sum().item() == pytest.approx(exact.item(), rel=1e-4)
 
 
 def test_repeats_are_masked_and_stop_pads():
@@ -45,9 +64,18 @@ def test_repeats_are_masked_and_stop_pads():
         mods = row[: row.index(M)] if M in row else row
         assert len(set(mods)) == len(mods)  # no module twice
         assert all(t == M for t in row[len(mods) :])  # STOP padding after the first STOP
-    assert torch.isfinite(logp).all() and (ent > 0).all() and value.shape == (256,)
-    _, repeat_logp, _ = net.decode(net.features(torch.rand(1, 16, 16, 3)), torch.tensor([[0, 0, M]]))
-    assert repeat_logp.item() == -math.inf
+    assert torch.isfinite(logp).all() and torch.isfinite(ent).all() and value.shape == (256,)
+    feat = net.features(torch.rand(1, 16, 16, 3))
+    repeat = torch.tensor([[0, 0, M]])
+    assert net.distribution(feat, net.decode(feat, repeat)).token_logp(repeat).item() < MASKED / 2
+
+
+def test_alive_mask_marks_positions_up_to_the_first_stop():
+    tokens = torch.tensor([[0, 1, M], [M, M, M], [2, 0, 1]])
+    assert alive_mask(tokens, M).tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 1]]
+    net = SequencePolicyNet(M, 2, L, hidden=8)
+    dec = net.decode(net.features(torch.rand(3, 16, 16, 3)), tokens)
+    assert torch.equal(dec.alive, alive_mask(tokens, M))
 
 
 def test_scoring_a_sampled_action_reproduces_its_logprob():
@@ -59,3 +87,16 @@ def test_scoring_a_sampled_action_reproduces_its_logprob():
     torch.testing.assert_close(logp, logp2)
     torch.testing.assert_close(value, value2)
     assert action["params"].shape == (8, 27) and ((action["params"] >= 0) & (action["params"] <= 1)).all()
+
+
+def test_greedy_decoding_is_deterministic_and_image_blind_ignores_the_image():
+    torch.manual_seed(4)
+    net = SequencePolicyNet(10, 27, 10, hidden=16)
+    obs = torch.rand(4, 32, 32, 3)
+    a1, *_ = net.get_action_and_value(obs, greedy=True)
+    a2, *_ = net.get_action_and_value(obs, greedy=True)
+    assert torch.equal(a1["modules"], a2["modules"]) and torch.equal(a1["params"], a2["params"])
+    blind = SequencePolicyNet(10, 27, 10, hidden=16, image_blind=True)
+    d1 = blind.decode(blind.features(torch.rand(2, 32, 32, 3)), greedy=True)
+    d2 = blind.decode(blind.features(torch.rand(2, 32, 32, 3)), greedy=True)
+    torch.testing.assert_close(d1.logits, d2.logits)  # the sequence does not depend on the image

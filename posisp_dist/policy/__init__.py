@@ -1,5 +1,7 @@
-"""The sequence policy (torch); its RLlib RLModule wrapper arrives with the sequence-PPO issue."""
+"""The sequence policy: torch core (`SequencePolicyNet`), its RLlib module and its action distribution."""
 
+from posisp_dist.policy.pipeline_dist import PipelineDistribution
+from posisp_dist.policy.rl_module import SequencePolicyModule
 from posisp_dist.policy.sequence_policy import SequencePolicyNet
 
-__all__ = ["SequencePolicyNet"]
+__all__ = ["PipelineDistribution", "SequencePolicyModule", "SequencePolicyNet"]

@@ -2,15 +2,25 @@
 (repeats masked, STOP allowed) + a Beta head over all normalised parameters + a value head.
 
 `get_action_and_value(obs, action=None)` mirrors CleanRL: it samples (or scores a given) whole pipeline
-and returns its joint log-probability, entropy and the state value. The sequence entropy is the sum of
-per-position entropies along the decoded path, an unbiased estimate of the joint entropy.
+and returns its joint log-probability, entropy and the state value. The probability math lives in
+`PipelineDistribution`, which RLlib's PPO loss uses on the same inputs.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
-from torch.distributions import Beta, Categorical
+from torch.distributions import Categorical
+
+from posisp_dist.policy.pipeline_dist import MASKED, PipelineDistribution
+
+
+class Decoded(NamedTuple):
+    tokens: torch.Tensor  # (B, L) module ids, STOP-padded after the first STOP
+    logits: torch.Tensor  # (B, L, M + 1) step logits after masking
+    alive: torch.Tensor  # (B, L) 1 where the position was reached before a STOP
 
 
 class SequencePolicyNet(nn.Module):
@@ -51,43 +61,53 @@ class SequencePolicyNet(nn.Module):
         """obs: (B, S, S, 3) previews in [0, 1] -> (B, hidden)."""
         return self.encoder(obs.permute(0, 3, 1, 2))
 
-    def param_dist(self, feat: torch.Tensor) -> Beta:
-        a, b = self.param_head(feat).chunk(2, dim=-1)
-        return Beta(nn.functional.softplus(a) + 1.0, nn.functional.softplus(b) + 1.0)  # +1: unimodal
+    def value(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.value_head(feat).squeeze(-1)
 
-    def decode(self, feat: torch.Tensor, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """Sample (tokens=None) or teacher-force `tokens` (B, L); returns tokens, logp (B,), entropy (B,)."""
+    def decode(self, feat: torch.Tensor, tokens: torch.Tensor | None = None, greedy: bool = False) -> Decoded:
+        """Sample (or take the argmax, or teacher-force `tokens` (B, L)) a pipeline, one token at a time."""
         bsz = feat.shape[0]
         h = self.h0_blind.expand(bsz, -1) if self.image_blind else torch.tanh(self.h0(feat))
         prev = torch.full((bsz,), self.sos, dtype=torch.long, device=feat.device)
         used = torch.zeros(bsz, self.n_modules + 1, dtype=torch.bool, device=feat.device)
         alive = torch.ones(bsz, dtype=torch.bool, device=feat.device)
-        out, logp, ent = [], feat.new_zeros(bsz), feat.new_zeros(bsz)
+        out, all_logits, all_alive = [], [], []
         for t in range(self.max_len):
             h = self.gru(self.embed(prev), h)
             logits = self.step_logits(h)
             if not self.allow_repeats:
-                logits = logits.masked_fill(used, float("-inf"))  # each module at most once
-            dist = Categorical(logits=logits)
-            tok = dist.sample() if tokens is None else tokens[:, t].long()
+                logits = logits.masked_fill(used, MASKED)  # each module at most once
+            if tokens is not None:
+                tok = tokens[:, t].long()
+            elif greedy:
+                tok = logits.argmax(-1)
+            else:
+                tok = Categorical(logits=logits).sample()
             tok = torch.where(alive, tok, torch.full_like(tok, self.stop))  # after STOP: padding only
-            logp = logp + torch.where(alive, dist.log_prob(tok), torch.zeros_like(logp))
-            ent = ent + torch.where(alive, dist.entropy(), torch.zeros_like(ent))
+            all_logits.append(logits)
+            all_alive.append(alive.float())
             used = used | nn.functional.one_hot(tok, self.n_modules + 1).bool()
             used[:, self.stop] = False  # STOP stays available
             alive = alive & (tok != self.stop)
             out.append(tok)
             prev = tok
-        return torch.stack(out, 1), logp, ent
+        return Decoded(torch.stack(out, 1), torch.stack(all_logits, 1), torch.stack(all_alive, 1))
 
-    def get_action_and_value(self, obs: torch.Tensor, action: dict[str, torch.Tensor] | None = None):
+    def distribution(self, feat: torch.Tensor, decoded: Decoded) -> PipelineDistribution:
+        return PipelineDistribution(decoded.logits, decoded.alive, self.param_head(feat))
+
+    def get_action_and_value(
+        self, obs: torch.Tensor, action: dict[str, torch.Tensor] | None = None, greedy: bool = False
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (action {'modules', 'params'}, joint logprob, entropy, value)."""
         feat = self.features(obs)
-        tokens, seq_logp, seq_ent = self.decode(feat, None if action is None else action["modules"])
-        pdist = self.param_dist(feat)
-        params = pdist.sample() if action is None else action["params"]
-        # keep Beta log-probs finite at the closed ends of Box[0, 1]
-        params_safe = params.clamp(1e-6, 1 - 1e-6)
-        logp = seq_logp + pdist.log_prob(params_safe).sum(-1)
-        ent = seq_ent + pdist.entropy().sum(-1)
-        return {"modules": tokens, "params": params}, logp, ent, self.value_head(feat).squeeze(-1)
+        decoded = self.decode(feat, None if action is None else action["modules"], greedy)
+        dist = self.distribution(feat, decoded)
+        if action is not None:
+            params = action["params"]
+        elif greedy:
+            params = dist.params_dist.mean
+        else:
+            params = dist.params_dist.sample()
+        act = {"modules": decoded.tokens, "params": params}
+        return act, dist.logp(act), dist.entropy(), self.value(feat)

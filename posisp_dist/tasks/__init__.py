@@ -20,6 +20,10 @@ def load_task_model(
     from posisp_dist.tasks import adapters
 
     classes = RawDataset(data_root, "train").classes
+    if cfg.kind == "brightness_target":
+        from posisp_dist.tasks.brightness import BrightnessTarget
+
+        return BrightnessTarget(classes, cfg.brightness_target)
     if cfg.kind == "torchvision":
         return adapters.TorchvisionDetector.from_weights(str(cfg.weights), classes, device=device)
     return adapters.UltralyticsDetector.from_weights(str(cfg.weights), classes)

@@ -1,0 +1,73 @@
+"""Environments built from an experiment config, the way RLlib's EnvRunners make them.
+
+`CoreSource` defers loading images and the task model to the first `reset`, so an env is cheap to build
+(the driver only needs its spaces) and the EnvRunner can first tell it which worker it is: worker k of n
+reads data shards k, k+n, ... (`RawDataset.shards_for_worker`). RLlib hands vector entry points a plain
+dict without `worker_index`, so the `on_environment_created` callback binds it (`bind_worker`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from envs.core import ISPTaskCore
+from posisp_dist.config import Config
+from posisp_dist.isp.registry import DEFAULT_REGISTRY, Registry
+
+RLLIB_ENV_ID = "posisp-sequence-isp"
+
+
+class CoreSource:
+    """This worker's `ISPTaskCore`, made on first `get()` from the config and the bound worker index."""
+
+    def __init__(self, cfg: Config, split: str = "train", xp: Any = None, device: str | None = None) -> None:
+        self.cfg, self.split, self.xp, self.device = cfg, split, xp, device
+        self.registry: Registry = DEFAULT_REGISTRY.subset(cfg.isp.modules)
+        self.preview_size = cfg.env.preview_size
+        self.worker_index, self.num_workers = 0, 1
+        self._core: ISPTaskCore | None = None
+
+    def bind_worker(self, worker_index: int, num_workers: int) -> None:
+        """RLlib numbering: worker 0 is the driver's local runner, 1..n the remote EnvRunners."""
+        if self._core is not None and (worker_index, num_workers) != (self.worker_index, self.num_workers):
+            raise RuntimeError("bind_worker must be called before the environment's first reset")
+        self.worker_index, self.num_workers = worker_index, num_workers
+
+    def shards(self) -> list[int]:
+        from posisp_dist.data.shards import RawDataset
+
+        ds = RawDataset(self.cfg.data.root, self.split)
+        if self.num_workers <= 0:  # local sampling: the driver's runner reads everything
+            return ds.shards_for_worker(0, 1)
+        return ds.shards_for_worker(max(self.worker_index - 1, 0), self.num_workers)
+
+    def get(self) -> ISPTaskCore:
+        if self._core is None:
+            from posisp_dist.data.shards import RawDataset
+            from posisp_dist.isp.xp import get_xp
+            from posisp_dist.tasks import load_task_model
+
+            cfg = self.cfg
+            xp = self.xp or get_xp(cfg.isp.backend)
+            device = self.device or ("cuda" if xp.__name__ == "cupy" else "cpu")
+            batch = RawDataset(cfg.data.root, self.split).load(self.shards(), limit=cfg.env.max_images)
+            task = load_task_model(cfg.task, cfg.data.root, progress=False, device=device)
+            self._core = ISPTaskCore(
+                batch, task, self.registry, xp, cfg.env.preview_size, cfg.env.cost_lambda, cfg.env.brightness_penalty
+            )
+        return self._core
+
+
+def make_env(env_config: dict[str, Any]) -> gym.Env:
+    """RLlib env creator: `{"config": Config dump[, "num_envs": n]}` -> single env or batched vector env."""
+    from envs.sequence_isp import SequenceISPEnv, SequenceISPVectorEnv
+
+    cfg = Config.model_validate(env_config["config"])
+    source = CoreSource(cfg, env_config.get("split", "train"))
+    if hasattr(env_config, "worker_index"):  # an RLlib EnvContext (single-env path)
+        source.bind_worker(env_config.worker_index, env_config.num_workers)
+    if "num_envs" in env_config:
+        return SequenceISPVectorEnv(source, int(env_config["num_envs"]), cfg.isp.max_len)
+    return SequenceISPEnv(source, cfg.isp.max_len)

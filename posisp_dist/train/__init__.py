@@ -1,0 +1,1 @@
+"""Training: PPO config builder, driver, MLflow tracking and figures."""

@@ -1,0 +1,76 @@
+"""The one function that owns RLlib's builder chain: experiment `Config` -> `PPOConfig`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.tune.registry import register_env
+
+from envs.factory import RLLIB_ENV_ID, make_env
+from posisp_dist.config import Config
+from posisp_dist.policy.rl_module import SequencePolicyModule
+from posisp_dist.train.callbacks import ISPCallbacks
+
+
+def env_config(cfg: Config, split: str = "train") -> dict[str, Any]:
+    """What each EnvRunner receives: the whole (resolved) config as JSON-able data."""
+    return {"config": cfg.model_dump(mode="json"), "split": split}
+
+
+def build_algo_config(cfg: Config) -> PPOConfig:
+    """Sequence-level PPO: one action = one whole pipeline, EnvRunners run batched vector envs."""
+    register_env(RLLIB_ENV_ID, make_env)
+    probe = make_env(env_config(cfg))  # spaces only: the data loads lazily at the first reset
+    ppo, train = cfg.ppo, cfg.train
+    policy = cfg.policy
+    return (
+        PPOConfig()
+        .environment(
+            RLLIB_ENV_ID,
+            env_config=env_config(cfg),
+            observation_space=probe.observation_space,
+            action_space=probe.action_space,
+            normalize_actions=False,  # params are already normalised to Box[0, 1]: no unsquashing
+            clip_actions=False,
+        )
+        .env_runners(
+            num_env_runners=train.num_env_runners,
+            num_envs_per_env_runner=cfg.env.num_envs_per_runner,
+            gym_env_vectorize_mode="vector_entry_point",  # our batched vector env: one ISP call per step
+            num_cpus_per_env_runner=train.num_cpus_per_env_runner,
+            num_gpus_per_env_runner=train.num_gpus_per_env_runner,
+            rollout_fragment_length="auto",
+        )
+        .learners(num_learners=0, num_gpus_per_learner=train.num_gpus_per_learner)
+        .training(
+            lr=ppo.lr,
+            gamma=ppo.gamma,
+            lambda_=ppo.gae_lambda,
+            clip_param=ppo.clip_coef,
+            vf_loss_coeff=ppo.vf_coef,
+            entropy_coeff=ppo.ent_coef,
+            use_kl_loss=ppo.kl_coef > 0,
+            kl_coeff=ppo.kl_coef,
+            kl_target=ppo.kl_target,
+            train_batch_size_per_learner=ppo.train_batch_size,
+            minibatch_size=ppo.minibatch_size,
+            num_epochs=ppo.num_epochs,
+            grad_clip=ppo.grad_clip,
+            vf_clip_param=ppo.vf_clip,
+        )
+        .rl_module(
+            rl_module_spec=RLModuleSpec(
+                module_class=SequencePolicyModule,
+                model_config={
+                    "hidden": policy.hidden,
+                    "image_blind": policy.image_blind,
+                    "allow_repeats": policy.allow_repeats,
+                },
+            )
+        )
+        .callbacks(ISPCallbacks)
+        .fault_tolerance(restart_failed_env_runners=True)
+        .debugging(seed=cfg.seed, log_level="WARN")
+    )

@@ -1,0 +1,44 @@
+"""RLlib callbacks: bind each EnvRunner's env to its data shards, and report ISP metrics per episode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.rllib.callbacks.callbacks import RLlibCallback
+
+EPISODE_METRICS = ("task_score", "ref_score", "cost", "length")
+
+
+class ISPCallbacks(RLlibCallback):
+    """`isp/*` metrics: per-episode task score, reference score, cost and length (means), and the
+    work counters of each EnvRunner (ISP module runs, kernel calls and task-model calls, sums)."""
+
+    def on_environment_created(self, *, env_runner: Any, env: Any, env_context: Any, **kwargs: Any) -> None:
+        bind = getattr(env, "bind_worker", None)
+        if bind is not None:  # RLlib hands vector entry points no worker_index: give it here
+            bind(env_context.worker_index, env_context.num_workers)
+        self._last_counts: dict[str, int] = {}
+
+    def on_episode_end(self, *, episode: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
+        info = episode.get_infos(-1)
+        for key in EPISODE_METRICS:
+            if key in info:
+                metrics_logger.log_value(f"isp/{key}", float(info[key]), reduce="mean")
+        if "task_score" in info and "ref_score" in info:
+            metrics_logger.log_value("isp/score_gain", float(info["task_score"] - info["ref_score"]), reduce="mean")
+
+    def on_sample_end(self, *, env_runner: Any = None, metrics_logger: Any = None, **kwargs: Any) -> None:
+        source = getattr(getattr(env_runner, "env", None), "unwrapped", None)
+        core = getattr(getattr(source, "source", None), "_core", None) or getattr(source, "source", None)
+        executor = getattr(core, "executor", None)
+        if executor is None:
+            return
+        counts = {
+            "module_runs": executor.stats.module_runs,
+            "module_calls": executor.stats.module_calls,
+            "task_calls": core.task_calls,
+        }
+        last = getattr(self, "_last_counts", {})
+        for key, value in counts.items():
+            metrics_logger.log_value(f"isp/{key}", value - last.get(key, 0), reduce="sum")
+        self._last_counts = counts

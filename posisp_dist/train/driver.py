@@ -1,0 +1,260 @@
+"""The training driver: config -> RLlib PPO on Ray, tracked in MLflow, checkpointed and resumable.
+
+Exactly-once accounting: after every iteration the driver writes a local checkpoint whose
+`driver_state.json` holds the iteration number, lifetime counters *and that iteration's metrics*, and only
+then logs the metrics. A resumed run restores the checkpoint and re-logs the stored metrics if MLflow
+lacks them, so no iteration is lost or counted twice. Every `checkpoint_every` iterations (and at the
+end) the checkpoint is also uploaded to the MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from posisp_dist.config import Config, flatten
+from posisp_dist.train.tracking import Tracker, default_tracking_uri, run_tags
+
+STATE_FILE = "driver_state.json"
+LAST_CKPT_TAG = "posisp.last_checkpoint"
+
+
+
+@dataclass
+class DriverState:
+    iteration: int = 0
+    env_steps: int = 0
+    module_runs: int = 0
+    task_calls: int = 0
+    train_seconds: float = 0.0
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Absolute data, model and output paths, so Ray workers with another cwd find them."""
+    raw = cfg.model_dump(mode="json")
+    raw["data"]["root"] = str(Path(cfg.data.root).resolve())
+    raw["task"]["cache_dir"] = str(Path(cfg.task.cache_dir).resolve())
+    raw["train"]["out_dir"] = str(Path(cfg.train.out_dir).resolve())
+    return Config.model_validate(raw)
+
+
+def open_tracker(cfg: Config, uri: str | None = None) -> Tracker:
+    t = cfg.tracking
+    return Tracker(uri or t.uri or default_tracking_uri(), t.experiment, t.artifact_root)
+
+
+def iteration_metrics(result: dict[str, Any], state: DriverState) -> dict[str, float]:
+    """RLlib's result dict -> the run's metrics under charts/, losses/ and isp/."""
+    runners, learner = result.get("env_runners", {}), result.get("learners", {}).get("default_policy", {})
+    steps = float(runners.get("num_env_steps_sampled", 0) or 0)
+    dt = float(result.get("time_this_iter_s", 0) or 0)
+    out = {
+        "charts/episode_reward_mean": runners.get("episode_return_mean"),
+        "charts/episode_reward_max": runners.get("episode_return_max"),
+        "charts/env_steps_per_s": steps / dt if dt > 0 else None,
+        "charts/iteration_seconds": dt,
+        "charts/iteration": state.iteration,
+        "losses/policy_loss": learner.get("policy_loss"),
+        "losses/vf_loss": learner.get("vf_loss"),
+        "losses/entropy": learner.get("entropy"),
+        "losses/kl": learner.get("mean_kl_loss"),
+        "losses/vf_explained_var": learner.get("vf_explained_var"),
+        "isp/module_runs_total": state.module_runs,
+        "isp/task_calls_total": state.task_calls,
+        "charts/env_runner_restarts": result.get("fault_tolerance", {}).get("num_remote_worker_restarts"),
+    }
+    out.update({k: v for k, v in runners.items() if k.startswith("isp/")})
+    return {k: float(v) for k, v in out.items() if isinstance(v, int | float)}
+
+
+class Checkpoints:
+    """Local checkpoints of one run (`<out_dir>/<run_id>/checkpoints/iter_NNNNNN`), newest kept."""
+
+    def __init__(self, root: Path, keep: int) -> None:
+        self.root, self.keep = root, keep
+        root.mkdir(parents=True, exist_ok=True)
+
+    def save(self, algo: Any, state: DriverState) -> Path:
+        final = self.root / f"iter_{state.iteration:06d}"
+        tmp = self.root / f".tmp_{state.iteration:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        algo.save_to_path(str(tmp))
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state)))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)  # a killed driver never leaves a half-written checkpoint under a final name
+        for old in sorted(self.root.glob("iter_*"))[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def latest(self) -> Path | None:
+        found = sorted(self.root.glob("iter_*"))
+        return found[-1] if found else None
+
+
+def read_state(ckpt: Path) -> DriverState:
+    return DriverState(**json.loads((ckpt / STATE_FILE).read_text()))
+
+
+def find_resume_checkpoint(tracker: Tracker, local: Checkpoints, run_id: str | None = None) -> Path | None:
+    """The newest checkpoint of the run: local if present, else the last one uploaded to MLflow."""
+    candidates = [p for p in [local.latest()] if p is not None]
+    tag = tracker.get_run(run_id).data.tags.get(LAST_CKPT_TAG)
+    if tag:
+        remote_iter = int(tag.rsplit("_", 1)[-1])
+        if not candidates or read_state(candidates[0]).iteration < remote_iter:
+            dst = local.root.parent / "downloaded"
+            shutil.rmtree(dst, ignore_errors=True)
+            candidates = [tracker.download_artifacts(tag, dst, run_id=run_id)]
+    return candidates[0] if candidates else None
+
+
+def fetch_run(run_id: str, tracking_uri: str | None = None) -> tuple[Config, Path, Tracker]:
+    """A finished (or interrupted) run's resolved config and newest checkpoint, for eval and apply."""
+    tracker = open_tracker(Config(), tracking_uri)
+    tracker.get_run(run_id)  # raises TrackingError naming an unknown run
+    cfg = Config.model_validate(json.loads(_download_text(tracker, run_id, "config.json")))
+    local = Checkpoints(Path(cfg.train.out_dir) / run_id / "checkpoints", cfg.train.keep_checkpoints)
+    ckpt = find_resume_checkpoint(tracker, local, run_id)
+    if ckpt is None:
+        raise FileNotFoundError(f"run {run_id} has no checkpoint yet (it failed before its first iteration)")
+    return cfg, ckpt, tracker
+
+
+def _ray_init(cfg: Config) -> bool:
+    """Join `train.ray_address` (or RAY_ADDRESS, as under `ray job submit`) or start a local Ray; True if started."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=cfg.train.ray_address, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _prepare(cfg: Config, progress: bool) -> None:
+    """Build (or reuse) the dataset and the frozen task model once, before any EnvRunner needs them."""
+    from posisp_dist.data.build import build_dataset
+    from posisp_dist.tasks import load_task_model
+
+    build_dataset(cfg.data, cfg.seed, progress=progress)
+    load_task_model(cfg.task, cfg.data.root, progress=progress, device="cpu")
+
+
+def train(
+    cfg: Config | None = None,
+    *,
+    resume_run_id: str | None = None,
+    tracking_uri: str | None = None,
+    iterations: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume) sequence-level PPO; returns a summary with the MLflow run id."""
+    from tqdm.auto import tqdm
+
+    from posisp_dist.train.report import final_report
+
+    if cfg is None and resume_run_id is None:
+        raise ValueError("train needs a config, or a run id to resume")
+    tracker = open_tracker(cfg or Config(), tracking_uri)
+    if resume_run_id:
+        stored = tracker.get_run(resume_run_id)  # raises TrackingError naming an unknown run
+        cfg = Config.model_validate(json.loads(_download_text(tracker, resume_run_id, "config.json")))
+        tracker.start(resume_run_id=stored.info.run_id)
+    else:
+        cfg = resolve_paths(cfg)
+        tracker.start(run_name=f"sequence-ppo-seed{cfg.seed}")
+    total = iterations or cfg.train.iterations
+    started_ray = False
+    with tracker:
+        if not resume_run_id:
+            tracker.log_params(flatten(cfg))
+            tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
+        tracker.set_tags({**run_tags(cfg.isp.backend, _device(cfg)), "posisp.method": "sequence_ppo"})
+        _prepare(cfg, progress)
+        started_ray = _ray_init(cfg)
+        try:
+            summary = _train_loop(cfg, tracker, total, progress, tqdm)
+            summary.update(final_report(cfg, tracker, summary["checkpoint"]))
+            tracker.log_dict(summary, "summary.json")
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    return summary
+
+
+def _device(cfg: Config) -> str:
+    gpus = cfg.train.num_gpus_per_env_runner + cfg.train.num_gpus_per_learner
+    return "cuda" if gpus > 0 else "cpu"
+
+
+def _download_text(tracker: Tracker, run_id: str, path: str) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(tracker.download_artifacts(path, tmp, run_id=run_id)).read_text()
+
+
+def _train_loop(cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm: Any) -> dict[str, Any]:
+    from posisp_dist.train.algo_config import build_algo_config
+
+    run_id = str(tracker.run_id)
+    local = Checkpoints(Path(cfg.train.out_dir) / run_id / "checkpoints", cfg.train.keep_checkpoints)
+    algo = build_algo_config(cfg).build_algo()
+    state = DriverState()
+    try:
+        ckpt = find_resume_checkpoint(tracker, local)
+        if ckpt is not None:
+            algo.restore_from_path(str(ckpt))
+            state = read_state(ckpt)
+            logged = {int(v) for _, v in tracker.history("charts/iteration")}
+            if state.iteration and state.iteration not in logged:  # killed between checkpoint and log
+                tracker.log_metrics(state.last_metrics, step=state.env_steps)
+        bar = tqdm(total=total, initial=state.iteration, desc="sequence PPO", disable=not progress, unit="it")
+        uploaded = None
+        while state.iteration < total:
+            t0 = time.perf_counter()
+            result = algo.train()
+            runners = result.get("env_runners", {})
+            state.iteration += 1
+            state.env_steps += int(runners.get("num_env_steps_sampled", 0) or 0)
+            state.module_runs += int(runners.get("isp/module_runs", 0) or 0)
+            state.task_calls += int(runners.get("isp/task_calls", 0) or 0)
+            state.train_seconds += time.perf_counter() - t0
+            state.last_metrics = iteration_metrics(result, state)
+            ckpt = local.save(algo, state)
+            tracker.log_metrics(state.last_metrics, step=state.env_steps)
+            if state.iteration % cfg.train.checkpoint_every == 0 or state.iteration == total:
+                uploaded = _upload(tracker, ckpt)
+            bar.update(1)
+            bar.set_postfix(reward=f"{state.last_metrics.get('charts/episode_reward_mean', float('nan')):.3f}")
+            budget = cfg.train.time_budget_s
+            if budget and state.train_seconds >= budget:
+                break
+        bar.close()
+        ckpt = local.latest()
+        if ckpt is not None and uploaded != ckpt.name:
+            _upload(tracker, ckpt)
+    finally:
+        algo.stop()
+    return {
+        "run_id": run_id,
+        "checkpoint": str(ckpt),
+        "iterations": state.iteration,
+        "env_steps": state.env_steps,
+        "module_runs": state.module_runs,
+        "task_calls": state.task_calls,
+        "train_seconds": round(state.train_seconds, 2),
+        "final_reward_mean": state.last_metrics.get("charts/episode_reward_mean"),
+    }
+
+
+def _upload(tracker: Tracker, ckpt: Path) -> str:
+    tracker.log_artifact(ckpt, f"checkpoints/{ckpt.name}")
+    tracker.set_tags({LAST_CKPT_TAG: f"checkpoints/{ckpt.name}"})
+    return ckpt.name

@@ -1,0 +1,126 @@
+"""`posisp train | eval | apply` end to end on the tiny config: MLflow params, tags, metrics and artifacts,
+exactly-once resume into the same run, eval rows, processed PNGs, and failed runs marked FAILED."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from dng_writer import write_dng
+
+from posisp_dist.cli import main
+from posisp_dist.config import flatten
+from posisp_dist.train.tracking import Tracker
+
+ITERS, BATCH = 3, 64
+
+
+def write_config(tiny_cfg, tmp: Path, **sections) -> tuple[Path, str]:
+    raw = tiny_cfg.model_dump(mode="json")
+    raw["env"].update(preview_size=16, num_envs_per_runner=16)
+    raw["ppo"].update(train_batch_size=BATCH, minibatch_size=32, num_epochs=1)
+    raw["train"].update(iterations=ITERS, num_env_runners=1, checkpoint_every=2, grid_images=2,
+                        out_dir=str(tmp / "runs"))
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    raw["tracking"]["uri"] = uri
+    for section, values in sections.items():
+        raw[section].update(values)
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path, uri
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    path, uri = write_config(tiny_cfg, tmp)
+    assert main(["train", "--config", str(path), "--json", str(tmp / "summary.json"), "--quiet"]) == 0
+    summary = json.loads((tmp / "summary.json").read_text())
+    return {"tmp": tmp, "uri": uri, "summary": summary, "run_id": summary["run_id"], "tracker": Tracker(uri, "posisp")}
+
+
+def artifact_paths(tracker: Tracker, run_id: str, path: str | None = None) -> set[str]:
+    return {a.path for a in tracker.client.list_artifacts(run_id, path)}
+
+
+def test_train_logs_params_tags_metrics_and_artifacts(trained, tiny_cfg):
+    tracker, run_id = trained["tracker"], trained["run_id"]
+    run = tracker.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert set(run.data.params) == set(flatten(tiny_cfg))
+    assert run.data.params["ppo.train_batch_size"] == str(BATCH)
+    assert {"git_sha", "ray_version", "torch_version", "array_backend", "device"} <= set(run.data.tags)
+    steps = [s for s, _ in tracker.history("charts/iteration", run_id)]
+    assert steps == [BATCH * i for i in range(1, ITERS + 1)]  # step = env steps
+    for key in ("charts/episode_reward_mean", "charts/env_steps_per_s", "losses/entropy", "losses/kl",
+                "isp/task_score", "isp/length", "isp/cost", "isp/module_runs", "isp/task_calls"):
+        assert len(tracker.history(key, run_id)) == ITERS, key
+    calls = tracker.history("isp/task_calls", run_id)
+    assert all(v == BATCH / 16 for _, v in calls)  # one task-model batch per vector step of 16 envs
+    top = artifact_paths(tracker, run_id)
+    assert {"config.json", "best_pipelines.json", "learning_curve.png", "isp_grid.png", "summary.json"} <= top
+    assert artifact_paths(tracker, run_id, "checkpoints") == {"checkpoints/iter_000002", "checkpoints/iter_000003"}
+    best = json.loads(Path(tracker.download_artifacts("best_pipelines.json", trained["tmp"] / "dl")).read_text())
+    assert len(best["per_image"]) == tiny_cfg.data.n_val and "sequences" in best
+
+
+def test_resume_continues_the_same_run_without_losing_or_repeating_iterations(trained):
+    tracker, run_id = trained["tracker"], trained["run_id"]
+    code = main(["train", "--resume", run_id, "--iterations", str(ITERS + 2), "--tracking-uri", trained["uri"],
+                 "--quiet", "--json", str(trained["tmp"] / "resumed.json")])
+    assert code == 0
+    resumed = json.loads((trained["tmp"] / "resumed.json").read_text())
+    assert resumed["run_id"] == run_id and resumed["iterations"] == ITERS + 2
+    iters = [int(v) for _, v in tracker.history("charts/iteration", run_id)]
+    assert iters == list(range(1, ITERS + 3))  # each iteration logged exactly once
+    assert resumed["env_steps"] == BATCH * (ITERS + 2)
+    assert tracker.get_run(run_id).info.status == "FINISHED"
+
+
+def test_eval_writes_baseline_rows_and_the_learned_policy(trained, tiny_cfg):
+    out = trained["tmp"] / "eval.json"
+    assert main(["eval", "--run", trained["run_id"], "--split", "test", "--tracking-uri", trained["uri"],
+                 "--json", str(out), "--quiet"]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"clean_srgb", "input_raw", "camera_isp", "random_search", "sequence_ppo"}
+    learned = rows["sequence_ppo"]
+    assert 0.0 <= learned["map"] <= 100.0 and len(learned["pipelines"]) == tiny_cfg.data.n_test
+    assert all(set(p) >= {"image_id", "modules", "params"} for p in learned["pipelines"])
+
+
+def test_apply_writes_pngs_and_pipelines_for_dng_and_npz(trained, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    bayer = rng.integers(64, 1023, (32, 48)).astype(np.uint16)
+    dng = write_dng(tmp_path / "shot.dng", bayer, 64, 1023, "BGGR")
+    npz = tmp_path / "mosaic.npz"
+    np.savez(npz, bayer=bayer, black_level=64, white_level=1023, cfa="RGGB")
+    out = tmp_path / "out"
+    assert main(["apply", "--run", trained["run_id"], str(dng), str(npz), "-o", str(out),
+                 "--tracking-uri", trained["uri"]]) == 0
+    for stem in ("shot", "mosaic"):
+        assert Image.open(out / f"{stem}.png").size == (48, 32)
+        assert "modules" in json.loads((out / f"{stem}.json").read_text())
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, bayer=bayer[:, :47], black_level=64, white_level=1023)
+    assert main(["apply", "--run", trained["run_id"], str(bad), "-o", str(out), "--tracking-uri", trained["uri"]]) == 2
+
+
+def test_a_failing_run_is_marked_failed_with_its_error(tiny_cfg, tiny_data, ray_local, tmp_path):
+    missing = str(tmp_path / "no_such_weights.pt")
+    path, uri = write_config(tiny_cfg, tmp_path, task={"kind": "torchvision", "weights": missing})
+    assert main(["train", "--config", str(path), "--quiet"]) == 2
+    tracker = Tracker(uri, "posisp")
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert "error" in runs[0].data.tags and "error.txt" in artifact_paths(tracker, runs[0].info.run_id)
+
+
+def test_unknown_run_ids_and_missing_arguments_are_clear_errors(trained, capsys):
+    assert main(["eval", "--run", "0" * 32, "--tracking-uri", trained["uri"]]) == 2
+    assert "0" * 32 in capsys.readouterr().err
+    assert main(["train"]) == 2
