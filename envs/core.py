@@ -78,7 +78,7 @@ class ISPTaskCore:
         """The core itself (environments accept this or a lazy `envs.factory.CoreSource`)."""
         return self
 
-    def bind_worker(self, worker_index: int, num_workers: int) -> None:
+    def bind_worker(self, worker_index: int | None, num_workers: int | None) -> None:
         """A ready core already holds its images; nothing to bind."""
 
     def check_action(self, tokens: Any, params: Any, n: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:

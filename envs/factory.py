@@ -29,11 +29,11 @@ class CoreSource:
         self.worker_index, self.num_workers = 0, 1
         self._core: ISPTaskCore | None = None
 
-    def bind_worker(self, worker_index: int, num_workers: int) -> None:
+    def bind_worker(self, worker_index: int | None, num_workers: int | None) -> None:
         """RLlib numbering: worker 0 is the driver's local runner, 1..n the remote EnvRunners."""
         if self._core is not None and (worker_index, num_workers) != (self.worker_index, self.num_workers):
             raise RuntimeError("bind_worker must be called before the environment's first reset")
-        self.worker_index, self.num_workers = worker_index, num_workers
+        self.worker_index, self.num_workers = int(worker_index or 0), int(num_workers or 0)
 
     def shards(self) -> list[int]:
         from posisp_dist.data.shards import RawDataset

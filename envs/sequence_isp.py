@@ -76,7 +76,7 @@ class SequenceISPEnv(gym.Env):
     def core(self) -> ISPTaskCore:
         return self.source.get()
 
-    def bind_worker(self, worker_index: int, num_workers: int) -> None:
+    def bind_worker(self, worker_index: int | None, num_workers: int | None) -> None:
         self.source.bind_worker(worker_index, num_workers)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -117,7 +117,7 @@ class SequenceISPVectorEnv(VectorEnv):
     def core(self) -> ISPTaskCore:
         return self.source.get()
 
-    def bind_worker(self, worker_index: int, num_workers: int) -> None:
+    def bind_worker(self, worker_index: int | None, num_workers: int | None) -> None:
         self.source.bind_worker(worker_index, num_workers)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

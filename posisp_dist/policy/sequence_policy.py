@@ -17,6 +17,20 @@ from torch.distributions import Categorical
 from posisp_dist.policy.pipeline_dist import MASKED, PipelineDistribution
 
 
+LOG_FLOOR_STOPS = 12.0  # previews are seen in stops below white down to 2**-12 (a 12-bit sensor's floor)
+
+
+def exposure_channels(obs: torch.Tensor) -> torch.Tensor:
+    """(B, S, S, 3) linear previews -> (B, 6, S, S): linear and log2 (stops, mapped to [0, 1]) channels.
+
+    Low-light raw previews live near 0 in linear units, where a conv net sees almost no contrast between
+    a 1/64 and a 1/8 exposure; in stops the difference is what it is (3 stops).
+    """
+    lin = obs.permute(0, 3, 1, 2)
+    stops = torch.log2(lin.clamp_min(2.0**-LOG_FLOOR_STOPS)) / LOG_FLOOR_STOPS + 1.0
+    return torch.cat([lin, stops], dim=1)
+
+
 class Decoded(NamedTuple):
     tokens: torch.Tensor  # (B, L) module ids, STOP-padded after the first STOP
     logits: torch.Tensor  # (B, L, M + 1) step logits after masking
@@ -38,7 +52,7 @@ class SequencePolicyNet(nn.Module):
         self.stop, self.sos = n_modules, n_modules + 1
         self.image_blind, self.allow_repeats = image_blind, allow_repeats
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, 16, 3, 2, 1),
+            nn.Conv2d(6, 16, 3, 2, 1),  # linear + log-exposure channels
             nn.LeakyReLU(0.2),
             nn.Conv2d(16, 32, 3, 2, 1),
             nn.LeakyReLU(0.2),
@@ -59,7 +73,7 @@ class SequencePolicyNet(nn.Module):
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         """obs: (B, S, S, 3) previews in [0, 1] -> (B, hidden)."""
-        return self.encoder(obs.permute(0, 3, 1, 2))
+        return self.encoder(exposure_channels(obs))
 
     def value(self, feat: torch.Tensor) -> torch.Tensor:
         return self.value_head(feat).squeeze(-1)
