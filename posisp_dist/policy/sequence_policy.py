@@ -16,7 +16,6 @@ from torch.distributions import Categorical
 
 from posisp_dist.policy.pipeline_dist import MASKED, PipelineDistribution
 
-
 LOG_FLOOR_STOPS = 12.0  # previews are seen in stops below white down to 2**-12 (a 12-bit sensor's floor)
 
 
