@@ -77,7 +77,8 @@ def test_env_runners_bind_their_own_data_shards(tiny_cfg, tiny_data):
     seen = []
     for worker in (1, 2):  # RLlib's remote EnvRunners are numbered from 1
         env = make_env({**env_config(tiny_cfg), "num_envs": 4})  # a vector entry point gets a plain dict
-        ISPCallbacks().on_environment_created(env_runner=None, env=env, env_context=EnvContext({}, worker_index=worker, num_workers=2))
+        ctx = EnvContext({}, worker_index=worker, num_workers=2)
+        ISPCallbacks().on_environment_created(env_runner=None, env=env, env_context=ctx)
         env.reset(seed=0)
         seen.append(set(env.core.batch.ids.tolist()))
         assert env.source.shards() == list(range(worker - 1, n_shards, 2))

@@ -63,7 +63,8 @@ def test_train_logs_params_tags_metrics_and_artifacts(trained, tiny_cfg):
     top = artifact_paths(tracker, run_id)
     assert {"config.json", "best_pipelines.json", "learning_curve.png", "isp_grid.png", "summary.json"} <= top
     assert artifact_paths(tracker, run_id, "checkpoints") == {"checkpoints/iter_000002", "checkpoints/iter_000003"}
-    best = json.loads(Path(tracker.download_artifacts("best_pipelines.json", trained["tmp"] / "dl", run_id)).read_text())
+    best_path = tracker.download_artifacts("best_pipelines.json", trained["tmp"] / "dl", run_id)
+    best = json.loads(Path(best_path).read_text())
     assert len(best["per_image"]) == tiny_cfg.data.n_val and "sequences" in best
 
 
