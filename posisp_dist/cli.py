@@ -69,8 +69,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"MLflow run: {summary['run_id']}")
     print(json.dumps({k: v for k, v in summary.items() if k != "run_id"}, indent=2, default=str))
+    if args.eval:
+        from posisp_dist.baselines.table import format_table
+        from posisp_dist.train.evaluate import evaluate_run
+
+        payload = evaluate_run(summary["run_id"], args.eval, args.tracking_uri or _tracking_uri(summary), False)
+        print(format_table(payload["rows"]))
+        summary["eval"] = payload
     _write_json(args.json, summary)
     return 0
+
+
+def _tracking_uri(summary: dict[str, Any]) -> str:
+    return str(summary["tracking_uri"])
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -122,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint")
     tr.add_argument("--iterations", type=int, help="override train.iterations (total, including resumed ones)")
     tr.add_argument("--tracking-uri", help="MLflow tracking URI (default: the config's, else the local SQLite store)")
+    tr.add_argument("--eval", choices=("val", "test"), help="after training, run `posisp eval` on this split")
     tr.add_argument("--json", help="write the run summary to this JSON file")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(fn=cmd_train)

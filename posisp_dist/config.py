@@ -111,11 +111,19 @@ class TaskConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="images per task-model forward pass")
     score_threshold: float = Field(0.01, ge=0, le=1, description="detections kept for mAP")
     brightness_target: float = Field(0.4, gt=0, lt=1, description="target mean luminance of `brightness_target`")
+    signal: str = Field(
+        "loss",
+        description="built-in detector's per-image score: loss (-clip(loss), the paper's), detection "
+        "(detection_scale x matched confidence x IoU, tracks mAP), or mixed (their sum)",
+    )
+    detection_scale: float = Field(10.0, gt=0, description="scale of the detection-quality score")
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"unknown task kind {self.kind!r}; expected one of {TASK_KINDS}")
+        if self.signal not in ("loss", "detection", "mixed"):
+            raise ValueError(f"unknown task signal {self.signal!r}; expected loss, detection or mixed")
         if self.kind in ("torchvision", "ultralytics") and not self.weights:
             raise ValueError(f"task kind {self.kind!r} needs `weights` (a path to user-supplied weights)")
         return self

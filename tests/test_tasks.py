@@ -123,3 +123,25 @@ def test_torchvision_from_weights_errors(tmp_path):
     torch.save({"not": "a model"}, tmp_path / "state.pt")
     with pytest.raises(ValueError, match="does not hold a torch.nn.Module"):
         TorchvisionDetector.from_weights(str(tmp_path / "state.pt"), ["a"])
+
+
+def test_detector_signal_modes_share_one_forward_pass(tiny_task, tiny_data):
+    from posisp_dist.tasks.detector import BuiltinDetector
+
+    val = RawDataset(tiny_data, "val").load()
+    clean = render_reference(val, "clean_srgb")
+
+    def make(signal):
+        return BuiltinDetector(tiny_task.net, tiny_task.classes, tiny_task.loss_clip, 8, tiny_task.score_threshold,
+                               "cpu", signal, detection_scale=10.0)
+
+    loss_only, det, mixed = make("loss"), make("detection"), make("mixed")
+    quality = 10.0 * prediction_score(det.predict(clean), val.targets)
+    np.testing.assert_allclose(det.score(clean, val.targets), quality, rtol=1e-6)
+    np.testing.assert_allclose(mixed.score(clean, val.targets), quality + loss_only.score(clean, val.targets),
+                               rtol=1e-5, atol=1e-6)
+    before = mixed.calls
+    mixed.score(clean, val.targets)
+    assert mixed.calls - before == -(-len(val) // 8)  # one forward per batch of 8, not two
+    with pytest.raises(ValueError, match="unknown task signal"):
+        make("vibes")

@@ -15,9 +15,10 @@ from posisp_dist.config import TaskConfig
 from posisp_dist.data.shards import RawDataset, fingerprint
 from posisp_dist.tasks.base import Detections, Targets, to_torch_nchw
 from posisp_dist.tasks.centernet import CenterNet, decode, encode_targets, per_image_loss
-from posisp_dist.tasks.metrics import coco_map
+from posisp_dist.tasks.metrics import coco_map, prediction_score
 
 MODEL_FORMAT_VERSION = 1
+SIGNALS = ("loss", "detection", "mixed")
 
 
 class BuiltinDetector:
@@ -31,6 +32,8 @@ class BuiltinDetector:
         batch_size: int = 64,
         score_threshold: float = 0.01,
         device: str | None = None,
+        signal: str = "loss",
+        detection_scale: float = 10.0,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = net.to(self.device).eval()
@@ -41,6 +44,9 @@ class BuiltinDetector:
         self.batch_size = batch_size
         self.score_threshold = score_threshold
         self.calls = 0  # forward passes (batches) run, for compute accounting
+        if signal not in SIGNALS:
+            raise ValueError(f"unknown task signal {signal!r}; expected one of {SIGNALS}")
+        self.signal, self.detection_scale = signal, detection_scale
 
     @property
     def n_params(self) -> int:
@@ -51,20 +57,31 @@ class BuiltinDetector:
         return self.net(to_torch_nchw(images, self.device))
 
     @torch.inference_mode()
-    def losses(self, images: Any, targets: Targets) -> np.ndarray:
-        """(B,) unclipped per-image task loss."""
+    def _loss_and_detections(self, images: Any, targets: Targets) -> tuple[np.ndarray, Detections]:
+        """One forward pass per chunk -> (B,) unclipped task loss and the decoded detections."""
         if len(targets) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
-        out = []
+        losses, dets = [], []
         for s in range(0, images.shape[0], self.batch_size):
             chunk = images[s : s + self.batch_size]
             tgt = encode_targets(targets[s : s + self.batch_size], len(self.classes), chunk.shape[1:3])
             pred = self._forward(chunk)
-            out.append(per_image_loss(pred, {k: v.to(self.device) for k, v in tgt.items()}).cpu().numpy())
-        return np.concatenate(out)
+            losses.append(per_image_loss(pred, {k: v.to(self.device) for k, v in tgt.items()}).cpu().numpy())
+            dets += decode(pred, min_score=self.score_threshold)
+        return np.concatenate(losses), dets
+
+    def losses(self, images: Any, targets: Targets) -> np.ndarray:
+        """(B,) unclipped per-image task loss."""
+        return self._loss_and_detections(images, targets)[0]
 
     def score(self, images: Any, targets: Targets) -> np.ndarray:
-        return -np.clip(self.losses(images, targets), 0.0, self.loss_clip)
+        """Per-image signal: -clip(loss) (the paper's), detection quality x scale, or their sum ('mixed')."""
+        loss, dets = self._loss_and_detections(images, targets)
+        neg_loss = -np.clip(loss, 0.0, self.loss_clip)
+        if self.signal == "loss":
+            return neg_loss
+        quality = self.detection_scale * prediction_score(dets, targets).astype(np.float64)
+        return quality if self.signal == "detection" else quality + neg_loss
 
     @torch.inference_mode()
     def predict(self, images: Any) -> Detections:
@@ -137,4 +154,6 @@ def load_or_train_detector(
         torch.save(net.state_dict(), tmp)
         tmp.replace(path)  # atomic: a killed run never leaves a half-written cache file
         path.with_suffix(".json").write_text(json.dumps({**info, "classes": train.classes}, indent=2))
-    return BuiltinDetector(net, train.classes, cfg.loss_clip, cfg.batch_size, cfg.score_threshold, device)
+    return BuiltinDetector(
+        net, train.classes, cfg.loss_clip, cfg.batch_size, cfg.score_threshold, device, cfg.signal, cfg.detection_scale
+    )

@@ -244,6 +244,7 @@ def _train_loop(cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm:
         algo.stop()
     return {
         "run_id": run_id,
+        "tracking_uri": tracker.uri,
         "checkpoint": str(ckpt),
         "iterations": state.iteration,
         "env_steps": state.env_steps,

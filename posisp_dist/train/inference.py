@@ -20,7 +20,7 @@ def load_policy(checkpoint: str | Path) -> Any:
     """The `SequencePolicyModule` stored in an RLlib algorithm checkpoint directory."""
     from ray.rllib.core.rl_module.rl_module import RLModule
 
-    path = Path(checkpoint) / MODULE_SUBDIR
+    path = Path(checkpoint).resolve() / MODULE_SUBDIR  # RLlib reads it through pyarrow: absolute paths only
     if not path.exists():
         raise FileNotFoundError(f"{checkpoint} is not an algorithm checkpoint (missing {MODULE_SUBDIR})")
     module = RLModule.from_checkpoint(str(path))
