@@ -2,7 +2,7 @@
 known analytically. Task: reach mean luminance 0.4 (`task.kind: brightness_target`); a brightening
 pipeline can hit it exactly, so the optimal reward of each image is minus its input-RAW score. The inputs
 span 60x in brightness, so the best *constant* pipeline gets only ~40 % of that optimum: passing the 80 %
-bar needs parameters conditioned on the image. About 30 s of training on 2 CPU cores."""
+bar needs parameters conditioned on the image. About 30 s on 2 CPU cores; seeds 0-4 reached 88-95 %."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def known_answer_cfg(tiny_cfg: Config, tmp_path) -> Config:
     raw["isp"].update(modules=["exposure", "gamma", "desaturation", "contrast"], max_len=3)
     raw["env"].update(preview_size=16, num_envs_per_runner=32, brightness_penalty=False)
     raw["ppo"].update(lr=1e-3, train_batch_size=256, minibatch_size=128, num_epochs=6, kl_coef=0.0)
-    raw["train"].update(iterations=40, num_env_runners=0, checkpoint_every=40, out_dir=str(tmp_path / "runs"))
+    raw["train"].update(iterations=60, num_env_runners=0, checkpoint_every=60, out_dir=str(tmp_path / "runs"))
     raw["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return Config.model_validate(raw)
 

@@ -24,7 +24,6 @@ def build_algo_config(cfg: Config) -> PPOConfig:
     register_env(RLLIB_ENV_ID, make_env)
     probe = make_env(env_config(cfg))  # spaces only: the data loads lazily at the first reset
     ppo, train = cfg.ppo, cfg.train
-    policy = cfg.policy
     return (
         PPOConfig()
         .environment(
@@ -60,16 +59,7 @@ def build_algo_config(cfg: Config) -> PPOConfig:
             grad_clip=ppo.grad_clip,
             vf_clip_param=ppo.vf_clip,
         )
-        .rl_module(
-            rl_module_spec=RLModuleSpec(
-                module_class=SequencePolicyModule,
-                model_config={
-                    "hidden": policy.hidden,
-                    "image_blind": policy.image_blind,
-                    "allow_repeats": policy.allow_repeats,
-                },
-            )
-        )
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=SequencePolicyModule, model_config=cfg.policy.model_dump()))
         .callbacks(ISPCallbacks)
         .fault_tolerance(restart_failed_env_runners=True)
         .debugging(seed=cfg.seed, log_level="WARN")
