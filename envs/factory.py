@@ -63,11 +63,15 @@ class CoreSource:
 def make_env(env_config: dict[str, Any]) -> gym.Env:
     """RLlib env creator: `{"config": Config dump[, "num_envs": n]}` -> single env or batched vector env."""
     from envs.sequence_isp import SequenceISPEnv, SequenceISPVectorEnv
+    from envs.stepwise_isp import StepwiseISPEnv, StepwiseISPVectorEnv
 
     cfg = Config.model_validate(env_config["config"])
     source = CoreSource(cfg, env_config.get("split", "train"))
     if hasattr(env_config, "worker_index"):  # an RLlib EnvContext (single-env path)
         source.bind_worker(env_config.worker_index, env_config.num_workers)
-    if "num_envs" in env_config:
-        return SequenceISPVectorEnv(source, int(env_config["num_envs"]), cfg.isp.max_len)
-    return SequenceISPEnv(source, cfg.isp.max_len)
+    n = int(env_config["num_envs"]) if "num_envs" in env_config else None
+    if cfg.env.kind == "stepwise":
+        e = cfg.env
+        args = (e.max_steps, e.reuse_penalty, e.all_modules_per_step)
+        return StepwiseISPVectorEnv(source, n, *args) if n else StepwiseISPEnv(source, *args)
+    return SequenceISPVectorEnv(source, n, cfg.isp.max_len) if n else SequenceISPEnv(source, cfg.isp.max_len)

@@ -104,7 +104,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     cfg, ckpt, _ = fetch_run(args.run, args.tracking_uri)
     executor = ISPExecutor(DEFAULT_REGISTRY.subset(cfg.isp.modules), get_xp(cfg.isp.backend))
-    records = apply_files(load_policy(ckpt), executor, cfg.env.preview_size, args.inputs, args.output)
+    from posisp_dist.train.report import stepwise_steps
+
+    records = apply_files(load_policy(ckpt), executor, cfg.env.preview_size, args.inputs, args.output,
+                          stepwise_steps(cfg))
     for r in records:
         print(f"{r['input']} -> {r['output']}: {' > '.join(r['modules']) or '(no modules)'}")
     return 0

@@ -155,13 +155,26 @@ class BaselineConfig(_Strict):
 
 
 class EnvConfig(_Strict):
-    """The sequence-ISP environment seen by each EnvRunner."""
+    """The ISP environment seen by each EnvRunner."""
+
+    kind: str = Field("sequence", description="sequence (POS-ISP: one action = the pipeline) | stepwise (AdaptiveISP)")
+    max_steps: int = Field(5, ge=1, description="stepwise: steps K per episode")
+    reuse_penalty: float = Field(1.0, ge=0, description="stepwise: penalty for running a module a second time")
+    all_modules_per_step: bool = Field(
+        False, description="stepwise: AdaptiveISP's compute profile, all modules run at every step and one is kept"
+    )
 
     preview_size: int = Field(64, ge=8, le=512, description="side of the observation preview (area-downsampled)")
     cost_lambda: float = Field(0.0, ge=0, description="reward -= cost_lambda * summed module cost (paper: 0)")
     brightness_penalty: bool = Field(True, description="subtract the paper's brightness range penalty")
     num_envs_per_runner: int = Field(16, ge=1, description="pipelines one EnvRunner runs per executor call")
     max_images: int | None = Field(None, ge=1, description="cap on the train images an EnvRunner holds")
+
+    @model_validator(mode="after")
+    def _check(self) -> EnvConfig:
+        if self.kind not in ("sequence", "stepwise"):
+            raise ValueError(f"env.kind must be sequence or stepwise, got {self.kind!r}")
+        return self
 
 
 class PolicyConfig(_Strict):

@@ -27,7 +27,8 @@ def test_every_config_builds_its_ppo_config(path):
     assert algo.clip_param == cfg.ppo.clip_coef and algo.lambda_ == cfg.ppo.gae_lambda
     assert algo.num_env_runners == cfg.train.num_env_runners
     assert algo.num_envs_per_env_runner == cfg.env.num_envs_per_runner
-    assert algo.action_space["modules"].nvec.tolist() == [len(cfg.isp.modules) + 1] * cfg.isp.max_len
+    steps = 1 if cfg.env.kind == "stepwise" else cfg.isp.max_len  # step-wise: one module per action
+    assert algo.action_space["modules"].nvec.tolist() == [len(cfg.isp.modules) + 1] * steps
 
 
 def tiny_algo_config(tiny_cfg):

@@ -125,3 +125,19 @@ def test_unknown_run_ids_and_missing_arguments_are_clear_errors(trained, capsys)
     assert main(["eval", "--run", "0" * 32, "--tracking-uri", trained["uri"]]) == 2
     assert "0" * 32 in capsys.readouterr().err
     assert main(["train"]) == 2
+
+
+def test_stepwise_ppo_trains_and_evaluates_through_the_same_stack(tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path):
+    path, uri = write_config(tiny_cfg, tmp_path, env={"preview_size": 16, "num_envs_per_runner": 16,
+                                                      "kind": "stepwise", "max_steps": 3})
+    out = tmp_path / "sw.json"
+    assert main(["train", "--config", str(path), "--iterations", "2", "--eval", "val", "--quiet",
+                 "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    rows = {r["method"]: r for r in summary["eval"]["rows"]}
+    assert "stepwise_ppo" in rows and all(len(p["modules"]) <= 3 for p in rows["stepwise_ppo"]["pipelines"])
+    tracker = Tracker(uri, "posisp")
+    run = tracker.get_run(summary["run_id"])
+    assert run.data.tags["posisp.method"] == "stepwise_ppo"
+    lengths = [v for _, v in tracker.history("isp/task_calls", summary["run_id"])]
+    assert all(v >= BATCH / 16 for v in lengths)  # one task batch per vector step, several steps per episode

@@ -30,12 +30,12 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> tuple
         and isinstance(action_space.spaces.get("params"), gym.spaces.Box)
         and isinstance(observation_space, gym.spaces.Box)
         and len(observation_space.shape) == 3
-        and observation_space.shape[-1] == 3
+        and observation_space.shape[-1] >= 3
     )
     if not ok:
         raise ValueError(
-            "SequencePolicyModule needs Box(S, S, 3) observations and a Dict(modules=MultiDiscrete, params=Box) "
-            f"action space; got {observation_space} and {action_space}"
+            "SequencePolicyModule needs Box(S, S, 3 [+ state planes]) observations and a "
+            f"Dict(modules=MultiDiscrete, params=Box) action space; got {observation_space} and {action_space}"
         )
     nvec = action_space["modules"].nvec
     return int(nvec[0]) - 1, int(nvec.shape[0]), int(action_space["params"].shape[0])
@@ -55,6 +55,7 @@ class SequencePolicyModule(TorchRLModule, ValueFunctionAPI):
             hidden=int(cfg.get("hidden", 64)),
             image_blind=bool(cfg.get("image_blind", False)),
             allow_repeats=bool(cfg.get("allow_repeats", False)),
+            state_planes=int(self.observation_space.shape[-1]) - 3,
         )
         self._dist_cls = PipelineDistribution.get_partial_dist_cls(max_len=max_len, n_tokens=n_modules + 1)
 

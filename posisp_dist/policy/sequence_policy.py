@@ -20,14 +20,16 @@ LOG_FLOOR_STOPS = 12.0  # previews are seen in stops below white down to 2**-12 
 
 
 def exposure_channels(obs: torch.Tensor) -> torch.Tensor:
-    """(B, S, S, 3) linear previews -> (B, 6, S, S): linear and log2 (stops, mapped to [0, 1]) channels.
+    """(B, S, S, 3 + E) linear previews [+ E state planes] -> (B, 6 + E, S, S): linear and log2 (stops, mapped
+    to [0, 1]) channels of the image, then the state planes unchanged.
 
     Low-light raw previews live near 0 in linear units, where a conv net sees almost no contrast between
     a 1/64 and a 1/8 exposure; in stops the difference is what it is (3 stops).
     """
-    lin = obs.permute(0, 3, 1, 2)
+    x = obs.permute(0, 3, 1, 2)
+    lin = x[:, :3]
     stops = torch.log2(lin.clamp_min(2.0**-LOG_FLOOR_STOPS)) / LOG_FLOOR_STOPS + 1.0
-    return torch.cat([lin, stops], dim=1)
+    return torch.cat([lin, stops, x[:, 3:]], dim=1)
 
 
 class Decoded(NamedTuple):
@@ -45,13 +47,14 @@ class SequencePolicyNet(nn.Module):
         hidden: int = 64,
         image_blind: bool = False,
         allow_repeats: bool = False,
+        state_planes: int = 0,
     ) -> None:
         super().__init__()
         self.n_modules, self.n_params, self.max_len = n_modules, n_params, max_len
         self.stop, self.sos = n_modules, n_modules + 1
         self.image_blind, self.allow_repeats = image_blind, allow_repeats
         self.encoder = nn.Sequential(
-            nn.Conv2d(6, 16, 3, 2, 1),  # linear + log-exposure channels
+            nn.Conv2d(6 + state_planes, 16, 3, 2, 1),  # linear + log-exposure channels [+ state planes]
             nn.LeakyReLU(0.2),
             nn.Conv2d(16, 32, 3, 2, 1),
             nn.LeakyReLU(0.2),

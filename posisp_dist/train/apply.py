@@ -33,7 +33,10 @@ def read_raw(path: str | Path) -> RawImage:
     return RawImage(bayer.astype(np.uint16), black, white, cfa, np.eye(3, dtype=np.float32), np.ones(3, np.float32))
 
 
-def apply_files(module: Any, executor: ISPExecutor, preview_size: int, inputs: list[str], out_dir: str | Path) -> list:
+def apply_files(
+    module: Any, executor: ISPExecutor, preview_size: int, inputs: list[str], out_dir: str | Path,
+    stepwise_steps: int | None = None,
+) -> list:
     """Process each raw file with its greedy pipeline; writes `<stem>.png` and `<stem>.json` per input."""
     from PIL import Image
 
@@ -48,7 +51,7 @@ def apply_files(module: Any, executor: ISPExecutor, preview_size: int, inputs: l
         xp = executor.xp
         img = input_raw(xp.asarray(raw.bayer[None]), np.array([raw.black_level]), np.array([raw.white_level]),
                         raw.cfa, xp)
-        result, tokens, params = apply_policy(module, img, executor, preview_size)
+        result, tokens, params = apply_policy(module, img, executor, preview_size, stepwise_steps=stepwise_steps)
         png = out / f"{Path(src).stem}.png"
         Image.fromarray(np.round(to_numpy(result[0]) * 255).astype(np.uint8)).save(png)
         record = {"input": str(src), "output": str(png), **executor.decode(tokens[0], params[0]).to_json()}

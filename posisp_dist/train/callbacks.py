@@ -20,7 +20,9 @@ class ISPCallbacks(RLlibCallback):
         self._last_counts: dict[str, int] = {}
 
     def on_episode_end(self, *, episode: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
-        info = episode.get_infos(-1)
+        info = dict(episode.get_infos(-1))
+        if "cost" in info:  # step-wise episodes pay per step: the pipeline's cost is the sum
+            info["cost"] = sum(float(i.get("cost", 0.0)) for i in episode.get_infos())
         for key in EPISODE_METRICS:
             if key in info:
                 metrics_logger.log_value(f"isp/{key}", float(info[key]), reduce="mean")

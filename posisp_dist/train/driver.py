@@ -155,7 +155,7 @@ def train(
     """Train (or resume) sequence-level PPO; returns a summary with the MLflow run id."""
     from tqdm.auto import tqdm
 
-    from posisp_dist.train.report import final_report
+    from posisp_dist.train.report import final_report, method_name
 
     if cfg is None and resume_run_id is None:
         raise ValueError("train needs a config, or a run id to resume")
@@ -166,14 +166,14 @@ def train(
         tracker.start(resume_run_id=stored.info.run_id)
     else:
         cfg = resolve_paths(cfg)
-        tracker.start(run_name=f"sequence-ppo-seed{cfg.seed}")
+        tracker.start(run_name=f"{method_name(cfg)}-seed{cfg.seed}")
     total = iterations or cfg.train.iterations
     started_ray = False
     with tracker:
         if not resume_run_id:
             tracker.log_params(flatten(cfg))
             tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
-        tracker.set_tags({**run_tags(cfg.isp.backend, _device(cfg)), "posisp.method": "sequence_ppo"})
+        tracker.set_tags({**run_tags(cfg.isp.backend, _device(cfg)), "posisp.method": method_name(cfg)})
         _prepare(cfg, progress)
         started_ray = _ray_init(cfg)
         try:

@@ -14,7 +14,7 @@ def evaluate_run(run_id: str, split: str = "test", tracking_uri: str | None = No
     from posisp_dist.baselines.table import baseline_table
     from posisp_dist.isp.xp import get_xp
     from posisp_dist.tasks import load_task_model
-    from posisp_dist.train.report import greedy_on_split
+    from posisp_dist.train.report import greedy_on_split, method_name
 
     cfg, ckpt, tracker = fetch_run(run_id, tracking_uri)
     task = load_task_model(cfg.task, cfg.data.root, progress=progress)
@@ -27,7 +27,7 @@ def evaluate_run(run_id: str, split: str = "test", tracking_uri: str | None = No
     ]
     rows.append(
         {
-            "method": "sequence_ppo",
+            "method": method_name(cfg),
             "map": res["map"],
             "map50": res["map50"],
             "score": res["score"],

@@ -47,12 +47,64 @@ def preview_of(images: Any, preview_size: int) -> np.ndarray:
     return area_downsample(to_numpy(images), preview_size).astype(np.float32)
 
 
+@torch.inference_mode()
+def greedy_unused(module: Any, obs: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One greedy step-wise action per row, never a module in `used` (N, M): -> tokens (N,), params (N, P)."""
+    from ray.rllib.core.columns import Columns
+
+    out = module.forward_inference({Columns.OBS: torch.from_numpy(obs)})
+    dist = module.get_inference_action_dist_cls().from_logits(out[Columns.ACTION_DIST_INPUTS])
+    logits = dist.logits[:, 0, :].clone()
+    logits[:, : used.shape[1]][torch.from_numpy(used)] = float("-inf")
+    return logits.argmax(-1).numpy().astype(np.int64), dist.params_dist.mean.numpy().astype(np.float32)
+
+
+def stepwise_greedy(
+    module: Any, images: Any, executor: ISPExecutor, preview_size: int, max_steps: int
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Roll a step-wise policy out greedily, each module at most once (as the sequence policy):
+    -> tokens (N, K) STOP-padded, the params each chosen module was applied with, the final images."""
+    from envs.stepwise_isp import stepwise_observation
+
+    n, m = images.shape[0], executor.registry.n_modules
+    tokens = np.full((n, max_steps), m, np.int64)
+    params = np.tile(executor.registry.identity_normalised(), (n, 1)).astype(np.float32)
+    step, used, alive = np.zeros(n), np.zeros((n, m), bool), np.ones(n, bool)
+    current = images
+    for k in range(max_steps):
+        obs = stepwise_observation(current, step, used, max_steps, preview_size)
+        tok, par = greedy_unused(module, obs, used)
+        tok = np.where(alive, tok, m)
+        rows = np.nonzero(tok != m)[0]
+        if not len(rows):
+            break
+        sel = executor.xp.asarray(rows)
+        current = current.copy()
+        current[sel] = executor.run(current[sel], tok[rows][:, None], par[rows])
+        for r in rows:
+            sl = executor.registry.param_slice(int(tok[r]))
+            params[r, sl] = par[r, sl]
+        tokens[rows, k], used[rows, tok[rows]] = tok[rows], True
+        alive &= tok != m
+        step += 1
+    return tokens, params, current
+
+
+def policy_pipelines(module: Any, images: Any, executor: ISPExecutor, preview_size: int,
+                     stepwise_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy (tokens, params) per image for a sequence policy, or a step-wise one rolled out K steps."""
+    if stepwise_steps:
+        return stepwise_greedy(module, images, executor, preview_size, stepwise_steps)[:2]
+    return greedy_actions(module, preview_of(images, preview_size))
+
+
 def apply_policy(
-    module: Any, images: Any, executor: ISPExecutor, preview_size: int, chunk: int = 64
+    module: Any, images: Any, executor: ISPExecutor, preview_size: int, chunk: int = 64,
+    stepwise_steps: int | None = None,
 ) -> tuple[Any, np.ndarray, np.ndarray]:
     """Greedy pipeline per image, executed in batches: -> (outputs, tokens, params)."""
     xp: ModuleType = executor.xp
-    tokens, params = greedy_actions(module, preview_of(images, preview_size))
+    tokens, params = policy_pipelines(module, images, executor, preview_size, stepwise_steps)
     outs = [executor.run(images[i : i + chunk], tokens[i : i + chunk], params[i : i + chunk]) for i in
             range(0, len(tokens), chunk)]
     return xp.concatenate(outs), tokens, params

@@ -19,11 +19,11 @@ CURVE_KEYS = ("charts/episode_reward_mean", "isp/task_score", "isp/length", "los
 def greedy_on_split(cfg: Config, checkpoint: str | Path, split: str) -> dict[str, Any]:
     """Greedy pipelines of the checkpoint's policy on every image of `split`, run and scored in batches."""
     from envs.factory import CoreSource
-    from posisp_dist.train.inference import greedy_actions, load_policy
+    from posisp_dist.train.inference import load_policy, policy_pipelines
 
     core = CoreSource(cfg, split).get()
     module = load_policy(checkpoint)
-    tokens, params = greedy_actions(module, core.previews)
+    tokens, params = policy_pipelines(module, core.images, core.executor, core.preview_size, stepwise_steps(cfg))
     chunks = [
         core.evaluate(np.arange(i, min(i + 64, len(core))), tokens[i : i + 64], params[i : i + 64], keep_output=True)
         for i in range(0, len(core), 64)
@@ -33,6 +33,18 @@ def greedy_on_split(cfg: Config, checkpoint: str | Path, split: str) -> dict[str
     metric = core.task.evaluate(outputs, core.targets)
     return {"core": core, "tokens": tokens, "params": params, "outputs": outputs, "rewards": rewards, **metric,
             "score": float(np.mean(np.concatenate([c.task_score for c in chunks])))}
+
+
+def method_name(cfg: Config) -> str:
+    """The row name of a trained policy: sequence_ppo, sequence_ppo_blind or stepwise_ppo[_adaptiveisp]."""
+    if cfg.env.kind == "stepwise":
+        return "stepwise_ppo_adaptiveisp" if cfg.env.all_modules_per_step else "stepwise_ppo"
+    return "sequence_ppo_blind" if cfg.policy.image_blind else "sequence_ppo"
+
+
+def stepwise_steps(cfg: Config) -> int | None:
+    """K for a step-wise run, None for the sequence policy."""
+    return cfg.env.max_steps if cfg.env.kind == "stepwise" else None
 
 
 def final_report(cfg: Config, tracker: Tracker, checkpoint: str | Path) -> dict[str, Any]:
