@@ -69,7 +69,8 @@ class ISPTaskCore:
         self.targets = batch.targets
         self.ref_score = np.asarray(task.score(self.images, self.targets), np.float64)
         self.ref_penalty = brightness_penalty(self.images, xp)
-        self.task_calls = 0
+        self.task_calls = 0  # task-model batches
+        self.task_images = 0  # images scored by the task model
 
     def __len__(self) -> int:
         return len(self.batch)
@@ -111,6 +112,7 @@ class ISPTaskCore:
         targets = [self.targets[i] for i in idx]
         score = np.asarray(self.task.score(out, targets), np.float64)
         self.task_calls += 1
+        self.task_images += len(idx)
         length = sequence_lengths(t, self.registry.n_modules)
         costs = np.concatenate([self.registry.costs, [0.0]])
         cost = np.array([costs[row[:k]].sum() for row, k in zip(t, length, strict=True)])

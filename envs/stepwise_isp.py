@@ -81,6 +81,7 @@ class StepwiseEpisodes:
                 out = core.executor.run(self.images[sel], t[rows][:, None], p[rows])
             score = np.asarray(core.task.score(out, [core.targets[i] for i in self.idx[rows]]), np.float64)
             core.task_calls += 1
+            core.task_images += len(rows)
             pen = brightness_penalty(out, xp) if core.use_brightness else np.zeros(len(rows))
             cost[rows] = core.registry.costs[t[rows]]
             reused = self.used[rows, t[rows]]

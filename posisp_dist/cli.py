@@ -113,6 +113,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from posisp_dist.baselines.compare import load_compare, run_compare
+
+    ccfg, base = load_compare(args.config)
+    payload = run_compare(ccfg, base, args.out, progress=not args.quiet)
+    print(payload["table"])
+    print(f"MLflow parent run: {payload['parent_run_id']}")
+    _write_json(args.json, payload)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posisp", description="Task-aware ISP optimisation (POS-ISP) on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -155,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-o", "--output", required=True, help="directory for PNGs and pipeline JSON")
     ap.add_argument("--tracking-uri")
     ap.set_defaults(fn=cmd_apply)
+
+    cp = sub.add_parser("compare", help="sequence PPO vs image-blind vs step-wise PPO vs search, equal budgets")
+    cp.add_argument("--config", required=True, help="comparison YAML (e.g. configs/compare.yaml)")
+    cp.add_argument("--out", default="out/compare", help="directory for compare.md and compare.png")
+    cp.add_argument("--json", help="write every row and the aggregate to this JSON file")
+    cp.add_argument("--quiet", action="store_true")
+    cp.set_defaults(fn=cmd_compare)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     bi = bench.add_parser("isp", help="ISP module and pipeline throughput (NumPy, and CuPy when present)")

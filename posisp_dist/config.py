@@ -214,6 +214,7 @@ class TrainConfig(_Strict):
 
     iterations: int = Field(40, ge=1, description="PPO iterations (each = ppo.train_batch_size env steps)")
     time_budget_s: float | None = Field(None, gt=0, description="stop after this many seconds of training")
+    image_budget: int | None = Field(None, ge=1, description="stop after this many training images (episodes)")
     num_env_runners: int = Field(1, ge=0, description="remote EnvRunner actors (0: sample in the driver)")
     num_cpus_per_env_runner: float = Field(1, ge=0)
     num_gpus_per_env_runner: float = Field(0.0, ge=0, description="GPU fraction per EnvRunner (CuPy ISP + task model)")

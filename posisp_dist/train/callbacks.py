@@ -39,6 +39,7 @@ class ISPCallbacks(RLlibCallback):
             "module_runs": executor.stats.module_runs,
             "module_calls": executor.stats.module_calls,
             "task_calls": core.task_calls,
+            "task_images": core.task_images,
         }
         last = getattr(self, "_last_counts", {})
         for key, value in counts.items():

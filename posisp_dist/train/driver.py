@@ -28,8 +28,10 @@ LAST_CKPT_TAG = "posisp.last_checkpoint"
 class DriverState:
     iteration: int = 0
     env_steps: int = 0
+    episodes: int = 0
     module_runs: int = 0
     task_calls: int = 0
+    task_images: int = 0
     train_seconds: float = 0.0
     last_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -66,6 +68,7 @@ def iteration_metrics(result: dict[str, Any], state: DriverState) -> dict[str, f
         "losses/vf_explained_var": learner.get("vf_explained_var"),
         "isp/module_runs_total": state.module_runs,
         "isp/task_calls_total": state.task_calls,
+        "isp/task_images_total": state.task_images,
         "charts/env_runner_restarts": result.get("fault_tolerance", {}).get("num_remote_worker_restarts"),
     }
     out.update({k: v for k, v in runners.items() if k.startswith("isp/")})
@@ -151,8 +154,9 @@ def train(
     tracking_uri: str | None = None,
     iterations: int | None = None,
     progress: bool = True,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) sequence-level PPO; returns a summary with the MLflow run id."""
+    """Train (or resume) a PPO policy; returns a summary with the MLflow run id (nested under a parent if given)."""
     from tqdm.auto import tqdm
 
     from posisp_dist.train.report import final_report, method_name
@@ -166,7 +170,8 @@ def train(
         tracker.start(resume_run_id=stored.info.run_id)
     else:
         cfg = resolve_paths(cfg)
-        tracker.start(run_name=f"{method_name(cfg)}-seed{cfg.seed}")
+        nested = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+        tracker.start(run_name=f"{method_name(cfg)}-seed{cfg.seed}", tags=nested)
     total = iterations or cfg.train.iterations
     started_ray = False
     with tracker:
@@ -223,8 +228,10 @@ def _train_loop(cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm:
             runners = result.get("env_runners", {})
             state.iteration += 1
             state.env_steps += int(runners.get("num_env_steps_sampled", 0) or 0)
+            state.episodes += int(runners.get("num_episodes", 0) or 0)
             state.module_runs += int(runners.get("isp/module_runs", 0) or 0)
             state.task_calls += int(runners.get("isp/task_calls", 0) or 0)
+            state.task_images += int(runners.get("isp/task_images", 0) or 0)
             state.train_seconds += time.perf_counter() - t0
             state.last_metrics = iteration_metrics(result, state)
             ckpt = local.save(algo, state)
@@ -233,8 +240,7 @@ def _train_loop(cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm:
                 uploaded = _upload(tracker, ckpt)
             bar.update(1)
             bar.set_postfix(reward=f"{state.last_metrics.get('charts/episode_reward_mean', float('nan')):.3f}")
-            budget = cfg.train.time_budget_s
-            if budget and state.train_seconds >= budget:
+            if _budget_spent(cfg, state):
                 break
         bar.close()
         ckpt = local.latest()
@@ -248,11 +254,20 @@ def _train_loop(cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm:
         "checkpoint": str(ckpt),
         "iterations": state.iteration,
         "env_steps": state.env_steps,
+        "images": state.episodes,
         "module_runs": state.module_runs,
         "task_calls": state.task_calls,
+        "task_images": state.task_images,
         "train_seconds": round(state.train_seconds, 2),
         "final_reward_mean": state.last_metrics.get("charts/episode_reward_mean"),
     }
+
+
+def _budget_spent(cfg: Config, state: DriverState) -> bool:
+    """Wall-clock (`train.time_budget_s`) or training-image (`train.image_budget`) budget reached."""
+    t = cfg.train
+    return bool((t.time_budget_s and state.train_seconds >= t.time_budget_s)
+                or (t.image_budget and state.episodes >= t.image_budget))
 
 
 def _upload(tracker: Tracker, ckpt: Path) -> str:

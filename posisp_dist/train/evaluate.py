@@ -9,16 +9,21 @@ import numpy as np
 from posisp_dist.train.driver import fetch_run
 
 
-def evaluate_run(run_id: str, split: str = "test", tracking_uri: str | None = None, progress: bool = True) -> dict:
-    """Rows {method, map, map50, score} for the baselines and `sequence_ppo`; logged to the run as well."""
+def evaluate_run(
+    run_id: str, split: str = "test", tracking_uri: str | None = None, progress: bool = True, baselines: bool = True
+) -> dict:
+    """Rows {method, map, map50, score} for the baselines (unless `baselines=False`) and the learned policy;
+    logged to the run as well."""
     from posisp_dist.baselines.table import baseline_table
     from posisp_dist.isp.xp import get_xp
     from posisp_dist.tasks import load_task_model
     from posisp_dist.train.report import greedy_on_split, method_name
 
     cfg, ckpt, tracker = fetch_run(run_id, tracking_uri)
-    task = load_task_model(cfg.task, cfg.data.root, progress=progress)
-    rows: list[dict[str, Any]] = baseline_table(cfg, task, split, get_xp(cfg.isp.backend))
+    rows: list[dict[str, Any]] = []
+    if baselines:
+        task = load_task_model(cfg.task, cfg.data.root, progress=progress)
+        rows = baseline_table(cfg, task, split, get_xp(cfg.isp.backend))
     res = greedy_on_split(cfg, ckpt, split)
     core = res["core"]
     per_image = [
