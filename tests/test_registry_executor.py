@@ -81,7 +81,7 @@ def test_executor_matches_per_image_loop_and_bounds_calls(xp):
     img = rng.random((b, 16, 16, 3), dtype=np.float32)
     tokens = rng.integers(0, R.n_modules + 1, (b, length))  # includes STOP and repeats
     params = rng.random((b, 27)).astype(np.float32)
-    ex = ISPExecutor(R, xp)
+    ex = ISPExecutor(R, xp, kernels="reference")  # exact grouping check; fused kernels: test_fast_kernels.py
     out = to_numpy(ex.run(xp.asarray(img), tokens, params))
     np.testing.assert_allclose(out, _looped(img, tokens, params), atol=1e-5)
     # one call per distinct (position, module) among images still running: never one per image

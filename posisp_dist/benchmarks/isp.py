@@ -1,4 +1,5 @@
-"""ISP throughput: images/s per module and for the full pipeline, GB/s of point-wise modules vs memcpy."""
+"""ISP throughput: images/s per module and for the full pipeline, GB/s of point-wise modules vs memcpy,
+for the fused kernels and the reference array code on every backend present."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from posisp_dist.isp.executor import ISPExecutor
+from posisp_dist.isp.kernels import implementation
 from posisp_dist.isp.registry import DEFAULT_REGISTRY, Registry
 from posisp_dist.isp.xp import cupy_available, get_xp
 
@@ -32,50 +34,74 @@ def _timeit(fn: Callable[[], Any], xp: ModuleType, min_time: float = 0.5, max_re
 
 
 def bench_size(
-    xp: ModuleType, size: int, batch: int, registry: Registry = DEFAULT_REGISTRY, min_time: float = 0.5
+    xp: ModuleType,
+    size: int,
+    batch: int,
+    registry: Registry = DEFAULT_REGISTRY,
+    min_time: float = 0.5,
+    kernels: tuple[str, ...] = ("fast", "reference"),
 ) -> list[dict[str, Any]]:
-    """memcpy, every module and the full 10-module pipeline on one (batch, size, size, 3) input."""
+    """memcpy, then every module and the full 10-module pipeline on one (batch, size, size, 3) input."""
     img = xp.asarray(np.random.default_rng(0).random((batch, size, size, 3), dtype=np.float32))
     base = {"backend": xp.__name__, "size": size, "batch": batch}
     dst = xp.empty_like(img)
     t_copy = _timeit(lambda: xp.copyto(dst, img), xp, min_time)
     copy_gbs = 2 * img.nbytes / t_copy / 1e9  # read + write
     rows = [{**base, "op": "memcpy", "seconds": t_copy, "images_per_s": batch / t_copy, "gb_per_s": copy_gbs}]
-    mid = xp.asarray(np.tile((registry.vector("low") + registry.vector("high")) / 2, (batch, 1)))
-    for i, spec in enumerate(registry.modules):
-        p = mid[:, registry.param_slice(i)]
-        t = _timeit(lambda s=spec, p=p: s.fn(img, p, xp), xp, min_time)
-        row = {**base, "op": spec.name, "seconds": t, "images_per_s": batch / t}
-        if spec.name in POINTWISE:
-            row["gb_per_s"] = 2 * img.nbytes / t / 1e9
-            row["fraction_of_memcpy"] = row["gb_per_s"] / copy_gbs
-        rows.append(row)
-    ex = ISPExecutor(registry, xp)
+    mid = xp.asarray(np.tile((registry.vector("low") + registry.vector("high")) / 2, (batch, 1)).astype(np.float32))
     tokens = np.tile(np.arange(registry.n_modules), (batch, 1))
     params = np.full((batch, registry.n_params), 0.5, np.float32)
-    t = _timeit(lambda: ex.run(img, tokens, params), xp, min_time)
-    rows.append({**base, "op": "full_pipeline", "seconds": t, "images_per_s": batch / t})
+    for kind in kernels:
+        if kind == "fast" and xp.__name__ != "numpy":
+            continue  # the GPU runs the reference array code (CuPy fuses nothing of ours yet)
+        for i, spec in enumerate(registry.modules):
+            fn, p = implementation(spec.fn, xp, kind), mid[:, registry.param_slice(i)]
+            t = _timeit(lambda fn=fn, p=p: fn(img, p, xp), xp, min_time)
+            row = {**base, "kernels": kind, "op": spec.name, "seconds": t, "images_per_s": batch / t}
+            if spec.name in POINTWISE:
+                row["gb_per_s"] = 2 * img.nbytes / t / 1e9
+                row["fraction_of_memcpy"] = row["gb_per_s"] / copy_gbs
+            rows.append(row)
+        ex = ISPExecutor(registry, xp, kind)
+        t = _timeit(lambda ex=ex: ex.run(img, tokens, params), xp, min_time)
+        rows.append({**base, "kernels": kind, "op": "full_pipeline", "seconds": t, "images_per_s": batch / t})
     return rows
 
 
-def run(sizes: tuple[int, ...] = (256, 512), batch: int = 32, min_time: float = 0.5) -> dict[str, Any]:
+def run(
+    sizes: tuple[int, ...] = (256, 512),
+    batch: int = 32,
+    min_time: float = 0.5,
+    kernels: tuple[str, ...] = ("fast", "reference"),
+) -> dict[str, Any]:
     backends = [get_xp("numpy")] + ([get_xp("cupy")] if cupy_available() else [])
-    rows = [r for xp in backends for size in sizes for r in bench_size(xp, size, batch, min_time=min_time)]
+    rows = [
+        r for xp in backends for size in sizes for r in bench_size(xp, size, batch, min_time=min_time, kernels=kernels)
+    ]
+    return {**machine_info(), "cupy": "present" if len(backends) > 1 else "not available", "rows": rows}
+
+
+def machine_info() -> dict[str, Any]:
+    import os
+
     return {
         "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "cupy": "present" if len(backends) > 1 else "not available",
-        "rows": rows,
     }
 
 
 def format_rows(result: dict[str, Any]) -> str:
-    lines = ["| backend | size | batch | op | images/s | GB/s | % of memcpy |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| backend | kernels | size | batch | op | images/s | GB/s | % of memcpy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         gbs = f"{r['gb_per_s']:.2f}" if "gb_per_s" in r else ""
         frac = f"{100 * r['fraction_of_memcpy']:.0f}%" if "fraction_of_memcpy" in r else ""
         lines.append(
-            f"| {r['backend']} | {r['size']} | {r['batch']} | {r['op']} | {r['images_per_s']:.1f} | {gbs} | {frac} |"
+            f"| {r['backend']} | {r.get('kernels', '')} | {r['size']} | {r['batch']} | {r['op']} "
+            f"| {r['images_per_s']:.1f} | {gbs} | {frac} |"
         )
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from posisp_dist.isp.kernels import implementation
 from posisp_dist.isp.registry import DEFAULT_REGISTRY, Registry, check_image
 from posisp_dist.isp.xp import to_numpy
 
@@ -53,9 +54,11 @@ def sequence_lengths(tokens: np.ndarray, stop: int) -> np.ndarray:
 class ISPExecutor:
     """Executes batches of pipelines over an array namespace (NumPy or CuPy)."""
 
-    def __init__(self, registry: Registry = DEFAULT_REGISTRY, xp: ModuleType = np) -> None:
+    def __init__(self, registry: Registry = DEFAULT_REGISTRY, xp: ModuleType = np, kernels: str = "fast") -> None:
         self.registry = registry
         self.xp = xp
+        self.kernels = kernels
+        self.impls = tuple(implementation(spec.fn, xp, kernels) for spec in registry.modules)
         self.stop = registry.n_modules
         self.stats = ExecStats()
 
@@ -90,9 +93,8 @@ class ISPExecutor:
                 break
             for mod in np.unique(col[active]):
                 idx = np.nonzero(active & (col == mod))[0]
-                spec = self.registry.modules[int(mod)]
                 sel = xp.asarray(idx)
-                out[sel] = spec.fn(out[sel], phys[sel][:, self.registry.param_slice(int(mod))], xp)
+                out[sel] = self.impls[int(mod)](out[sel], phys[sel][:, self.registry.param_slice(int(mod))], xp)
                 self.stats.module_calls += 1
                 self.stats.module_runs += len(idx)
         return out

@@ -55,13 +55,18 @@ def gamma(img: Array, params: Array, xp: ModuleType) -> Array:
     return _clip01(base ** _col(params, 0), xp)
 
 
-def ccm(img: Array, params: Array, xp: ModuleType) -> Array:
-    """Apply a 3x3 colour matrix whose rows are normalised to sum to 1 (greys stay grey)."""
+def ccm_matrix(params: Array, xp: ModuleType) -> Array:
+    """(B, 9) matrix entries -> (B, 3, 3) float32 matrices whose rows sum to 1."""
     m = params.reshape(-1, 3, 3)
     s = m.sum(axis=2, keepdims=True)
     # keep near-zero row sums from exploding the normalisation; sign preserved, 0 counts as positive
     s = xp.where(xp.abs(s) < 1e-3, xp.where(s < 0, -1e-3, 1e-3), s)
-    m = (m / s).astype(xp.float32)
+    return (m / s).astype(xp.float32)
+
+
+def ccm(img: Array, params: Array, xp: ModuleType) -> Array:
+    """Apply a 3x3 colour matrix whose rows are normalised to sum to 1 (greys stay grey)."""
+    m = ccm_matrix(params, xp)
     b, h, w, _ = img.shape
     out = xp.matmul(img.reshape(b, h * w, 3), m.transpose(0, 2, 1))
     return _clip01(out.reshape(b, h, w, 3), xp)
@@ -102,11 +107,17 @@ def denoise(img: Array, params: Array, xp: ModuleType, search: int = 5, patch: i
     return _clip01(acc / wsum[..., None], xp)  # wsum >= 1: the centre offset always has weight 1
 
 
+def tone_knots(params: Array, xp: ModuleType) -> tuple[Array, Array]:
+    """(B, n) relative slopes -> knot values (B, n+1) from 0 to 1 and normalised slopes (B, n)."""
+    slopes = params / params.sum(axis=1, keepdims=True)  # ranges keep every slope > 0
+    knots = xp.concatenate([xp.zeros_like(slopes[:, :1]), xp.cumsum(slopes, axis=1)], axis=1)
+    return knots, slopes
+
+
 def tone_curve(img: Array, params: Array, xp: ModuleType) -> Array:
     """Global 8-segment piecewise-linear curve; slopes normalised so that 1 maps to 1."""
     n = params.shape[1]
-    slopes = params / params.sum(axis=1, keepdims=True)  # (B, n); ranges keep every slope > 0
-    knots = xp.concatenate([xp.zeros_like(slopes[:, :1]), xp.cumsum(slopes, axis=1)], axis=1)  # (B, n+1)
+    knots, slopes = tone_knots(params, xp)
     b = img.shape[0]
     t = xp.clip(img, 0.0, 1.0).reshape(b, -1) * n
     seg = xp.minimum(xp.floor(t), n - 1).astype(xp.int32)  # x == 1 belongs to the last segment
@@ -142,6 +153,10 @@ def desaturation(img: Array, params: Array, xp: ModuleType) -> Array:
 
 def white_balance(img: Array, params: Array, xp: ModuleType) -> Array:
     """Per-channel gains normalised to keep luminance: 0.27 r + 0.67 g + 0.06 b = 1."""
+    return _clip01(img * wb_gains(params)[:, None, None, :], xp)
+
+
+def wb_gains(params: Array) -> Array:
+    """(B, 3) raw gains -> gains scaled so that 0.27 r + 0.67 g + 0.06 b = 1."""
     norm = params[:, 0] * LUMA[0] + params[:, 1] * LUMA[1] + params[:, 2] * LUMA[2]
-    gains = params / norm[:, None]
-    return _clip01(img * gains[:, None, None, :], xp)
+    return params / norm[:, None]

@@ -1,0 +1,36 @@
+"""Which implementation runs a module: its reference function, or a fused kernel for the backend.
+
+`fast` kernels are looked up by the identity of the module's reference function, so a module registered
+under an existing name with its own function keeps its own code. NumPy's kernels are the Numba ones in
+`fast_cpu.py`; without Numba (or for `kernels="reference"`) every module runs its reference function,
+which is also what CuPy runs: composed CuPy array ops, one fused launch per operation.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+KERNEL_CHOICES = ("fast", "reference")
+
+
+@cache
+def _cpu_kernels() -> dict[Callable[..., Any], Callable[..., Any]]:
+    try:
+        from posisp_dist.isp.fast_cpu import KERNELS
+    except ImportError as e:  # numba missing or broken: stay correct, say why it is slower
+        warnings.warn(f"fused CPU kernels unavailable ({e}); ISP modules run their NumPy reference code", stacklevel=2)
+        return {}
+    return KERNELS
+
+
+def implementation(fn: Callable[..., Any], xp: ModuleType, kernels: str = "fast") -> Callable[..., Any]:
+    """The function that runs the module whose reference is `fn` on namespace `xp`."""
+    if kernels not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
+    if kernels == "reference" or xp.__name__ != "numpy":
+        return fn
+    return _cpu_kernels().get(fn, fn)

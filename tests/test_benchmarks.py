@@ -1,0 +1,70 @@
+"""The benchmark harness measures what it says: the torch peer does the same work as our modules, and
+every benchmark produces its rows (figures themselves live in bench/README.md, not in tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from posisp_dist.benchmarks import isp, peer, runtime, torch_peer
+from posisp_dist.isp.executor import ISPExecutor
+from posisp_dist.isp.registry import DEFAULT_REGISTRY as R
+
+SPECS = list(R.modules)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_torch_peer_computes_the_same_module(spec):
+    rng = np.random.default_rng(0)
+    img = rng.random((3, 21, 26, 3), dtype=np.float32)
+    lo, hi = np.asarray(spec.low, np.float32), np.asarray(spec.high, np.float32)
+    p = (lo + (hi - lo) * rng.random((3, spec.n_params))).astype(np.float32)
+    got = torch_peer.run_module(spec.name, torch_peer.to_nchw(img), p).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(got, spec.fn(img, p, np), atol=1e-5)
+
+
+def test_adaptiveisp_execution_is_the_same_work_in_both_implementations():
+    rng = np.random.default_rng(1)
+    img = rng.random((2, 16, 16, 3), dtype=np.float32)
+    phys = np.asarray(R.to_physical(np.full((2, R.n_params), 0.3, np.float32)), np.float32)
+    chosen = [0, 5, 1]
+    ours = peer._ours_adaptiveisp(ISPExecutor(R, np, "fast"), img, phys, chosen)
+    theirs = torch_peer.run_adaptiveisp(torch_peer.to_nchw(img), [R.names[c] for c in chosen], phys)
+    np.testing.assert_allclose(ours, theirs.numpy().transpose(0, 2, 3, 1), atol=1e-4)
+    # ... and it is the chosen pipeline: AdaptiveISP's extra modules are discarded work
+    once = ISPExecutor(R, np, "fast").run(img, np.array([chosen] * 2), np.full((2, R.n_params), 0.3, np.float32))
+    np.testing.assert_allclose(ours, once, atol=1e-5)
+
+
+def test_peer_bench_rows_and_ratios():
+    rows = peer.bench_peer(16, 2, steps=2, min_time=0)
+    impls = {(r["workload"], r["impl"]) for r in rows}
+    assert ("pipeline", "torch peer") in impls and ("pipeline", "posisp fused (numba)") in impls
+    assert ("adaptiveisp_all_modules_K2", "posisp fused (numba)") in impls
+    for r in rows:
+        assert r["images_per_s"] > 0
+        if r["impl"] == "torch peer":
+            assert r["speedup_vs_torch_peer"] == pytest.approx(1.0)
+    assert "| 16 | 2 | pipeline |" in peer.format_rows({"rows": rows})
+
+
+def test_isp_bench_has_every_module_for_both_kernel_sets():
+    rows = isp.bench_size(np, 16, 2, min_time=0)
+    for kind in ("fast", "reference"):
+        ops = {r["op"] for r in rows if r.get("kernels") == kind}
+        assert ops == set(R.names) | {"full_pipeline"}
+    assert all(0 < r["fraction_of_memcpy"] for r in rows if "fraction_of_memcpy" in r)
+
+
+def test_fused_kernels_allocate_less_than_the_reference():
+    fast, ref = runtime.isp_peak_memory(size=32, batch=4)
+    assert fast["kernels"] == "fast" and ref["kernels"] == "reference"
+    assert 0 < fast["peak_mb"] < ref["peak_mb"]
+
+
+def test_runtime_bench_samples_an_env_runner_and_times_the_policy(tiny_cfg, tiny_data, tiny_task):
+    row = runtime.env_runner_steps_per_s(tiny_cfg, "fast", timesteps=32)
+    assert row["env_steps"] >= 32 and row["env_steps_per_s"] > 0
+    lat = runtime.policy_latency(tiny_cfg, batches=(1, 4), reps=2)
+    assert [r["batch"] for r in lat] == [1, 4] and all(r["ms_per_image"] > 0 for r in lat)
+    assert lat[0]["policy_params"] > 1000

@@ -1,0 +1,112 @@
+"""The fused CPU kernels against their reference functions: every module, within its stated tolerance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from posisp_dist.isp import fast_cpu
+from posisp_dist.isp import modules as m
+from posisp_dist.isp.executor import ISPExecutor
+from posisp_dist.isp.kernels import implementation
+from posisp_dist.isp.registry import DEFAULT_REGISTRY as R
+from posisp_dist.isp.registry import ModuleSpec, Registry
+
+SPECS = list(R.modules)
+IDS = [s.name for s in SPECS]
+
+
+def _hard_images(b: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Random images with the cases kernels get wrong: black, white, tiny values, saturated channels."""
+    img = np.random.default_rng(seed).random((b, h, w, 3), dtype=np.float32)
+    img[0, : h // 3] = 0.0
+    img[min(1, b - 1), : h // 4] = 1.0
+    img[-1] *= np.float32(1e-5)
+    img[0, -1, :, 0] = 1.0  # one saturated channel next to black ones
+    return img
+
+
+def _params(spec: ModuleSpec, b: int, seed: int) -> np.ndarray:
+    """Random parameters over the whole range, the first and last rows at the range ends."""
+    lo, hi = np.asarray(spec.low, np.float32), np.asarray(spec.high, np.float32)
+    p = (lo + (hi - lo) * np.random.default_rng(seed).random((b, spec.n_params))).astype(np.float32)
+    p[0] = lo
+    p[-1] = hi
+    return p
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.parametrize("shape", [(5, 33, 47), (1, 7, 9), (2, 64, 64)], ids=["odd", "tiny", "square"])
+def test_fast_kernel_matches_reference_within_tolerance(spec, shape):
+    img = _hard_images(*shape, seed=shape[1])
+    p = _params(spec, shape[0], seed=shape[2])
+    ref = spec.fn(img, p, np)
+    fast = fast_cpu.KERNELS[spec.fn](img, p, np)
+    assert fast.shape == img.shape and fast.dtype == np.float32
+    assert float(fast.min()) >= 0.0 and float(fast.max()) <= 1.0
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=fast_cpu.TOLERANCE[spec.name], err_msg=spec.name)
+
+
+def test_every_default_module_has_a_kernel_and_a_tolerance():
+    assert set(fast_cpu.KERNELS) == {s.fn for s in SPECS}
+    assert set(fast_cpu.TOLERANCE) == set(IDS)
+
+
+def test_kernels_do_not_modify_their_input():
+    img = _hard_images(3, 20, 24, seed=3)
+    before = img.copy()
+    for spec in SPECS:
+        fast_cpu.KERNELS[spec.fn](img, _params(spec, 3, seed=4), np)
+    np.testing.assert_array_equal(img, before)
+
+
+def test_non_contiguous_input_gives_the_same_result():
+    img = _hard_images(2, 30, 40, seed=5)
+    view = np.ascontiguousarray(np.flip(img, axis=2))[:, :, ::-1]  # a reversed, non-contiguous view of img
+    for spec in SPECS:
+        p = _params(spec, 2, seed=6)
+        np.testing.assert_allclose(fast_cpu.KERNELS[spec.fn](view, p, np), spec.fn(img, p, np), atol=1e-4)
+
+
+def test_gamma_polynomials_cover_the_exponent_range():
+    """x over 20 octaves and gamma at both range ends: the bit-level log2/exp2 stay within tolerance."""
+    x = np.geomspace(1e-7, 1.0, 4096, dtype=np.float32).reshape(1, 64, 64, 1).repeat(3, axis=3)
+    for g in (1 / 3, 1.0, 3.0):
+        p = np.array([[g]], np.float32)
+        np.testing.assert_allclose(fast_cpu.gamma(x, p), m.gamma(x, p, np), atol=fast_cpu.TOLERANCE["gamma"])
+
+
+def test_denoise_strong_filtering_flattens_noise_like_the_reference():
+    rng = np.random.default_rng(7)
+    img = np.clip(0.5 + 0.1 * rng.standard_normal((1, 40, 40, 3)), 0, 1).astype(np.float32)
+    p = np.array([[1.0]], np.float32)
+    fast = fast_cpu.denoise(img, p)
+    assert fast.std() < 0.5 * img.std()
+    np.testing.assert_allclose(fast, m.denoise(img, p, np), atol=fast_cpu.TOLERANCE["denoise"])
+
+
+def test_executor_fast_and_reference_agree_on_mixed_pipelines():
+    rng = np.random.default_rng(8)
+    img = _hard_images(8, 24, 28, seed=8)
+    tokens = np.stack([rng.permutation(R.n_modules + 1)[:6] for _ in range(8)])  # STOP anywhere
+    params = rng.random((8, R.n_params)).astype(np.float32)
+    fast = ISPExecutor(R, np, "fast")
+    ref = ISPExecutor(R, np, "reference")
+    np.testing.assert_allclose(fast.run(img, tokens, params), ref.run(img, tokens, params), atol=3e-4)
+    assert fast.stats == ref.stats  # the same grouping: the kernels change speed, not the work counted
+
+
+def test_dispatch_is_by_function_identity_so_custom_modules_keep_their_code():
+    def my_gamma(img, params, xp):
+        return xp.clip(img * 0.5, 0.0, 1.0)
+
+    custom = ModuleSpec("gamma", my_gamma, ("gamma",), (0.1,), (3.0,), ("exponent",), (1.0,), 1.0)
+    reg = Registry((custom,))
+    assert implementation(my_gamma, np) is my_gamma
+    assert implementation(m.gamma, np) is fast_cpu.gamma
+    assert implementation(m.gamma, np, "reference") is m.gamma
+    img = np.full((1, 4, 4, 3), 0.8, np.float32)
+    out = ISPExecutor(reg, np).run(img, np.array([[0]]), np.array([[0.5]], np.float32))
+    np.testing.assert_allclose(out, 0.4)
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        implementation(m.gamma, np, "turbo")
