@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from envs.core import ISPTaskCore, StepResult
+from envs.core import CoreBound, ISPTaskCore, StepResult
 
 if TYPE_CHECKING:
     from envs.factory import CoreSource
@@ -35,7 +35,7 @@ def _info(core: ISPTaskCore, r: StepResult, i: int) -> dict[str, Any]:
     }
 
 
-class SequenceISPEnv(gym.Env):
+class SequenceISPEnv(CoreBound, gym.Env):
     """
     ## Description
     One raw image per episode. The agent answers with a *whole* ISP pipeline: an ordered list of
@@ -72,13 +72,6 @@ class SequenceISPEnv(gym.Env):
         self.action_space = sequence_action_space(core.registry.n_modules, max_len, core.registry.n_params)
         self._idx: int | None = None
 
-    @property
-    def core(self) -> ISPTaskCore:
-        return self.source.get()
-
-    def bind_worker(self, worker_index: int | None, num_workers: int | None) -> None:
-        self.source.bind_worker(worker_index, num_workers)
-
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self._idx = int(self.np_random.integers(len(self.core)))
@@ -94,7 +87,7 @@ class SequenceISPEnv(gym.Env):
         return obs, float(r.reward[0]), True, False, _info(self.core, r, 0)
 
 
-class SequenceISPVectorEnv(VectorEnv):
+class SequenceISPVectorEnv(CoreBound, VectorEnv):
     """N copies of `SequenceISPEnv` stepped together: one executor call and one task batch per step.
 
     Autoreset is NEXT_STEP (Gymnasium's default): after the single-step episodes end, the following
@@ -112,13 +105,6 @@ class SequenceISPVectorEnv(VectorEnv):
         self.action_space = gym.vector.utils.batch_space(single.action_space, num_envs)
         self._idx = np.zeros(num_envs, np.int64)
         self._needs_reset = True
-
-    @property
-    def core(self) -> ISPTaskCore:
-        return self.source.get()
-
-    def bind_worker(self, worker_index: int | None, num_workers: int | None) -> None:
-        self.source.bind_worker(worker_index, num_workers)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

@@ -13,7 +13,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from envs.core import ISPTaskCore, area_downsample, brightness_penalty
+from envs.core import CoreBound, ISPTaskCore, area_downsample, brightness_penalty
 from envs.sequence_isp import sequence_action_space
 from posisp_dist.isp.xp import to_numpy
 
@@ -91,11 +91,17 @@ class StepwiseEpisodes:
             self.used[rows, t[rows]] = True
         self.step_count[active] += 1
         terminated = active & ((t == stop) | (self.step_count >= self.max_steps))
-        return {"reward": reward, "terminated": terminated, "cost": cost, "task_score": self.score.copy(),
-                "ref_score": core.ref_score[self.idx], "length": self.used.sum(1)}
+        return {
+            "reward": reward,
+            "terminated": terminated,
+            "cost": cost,
+            "task_score": self.score.copy(),
+            "ref_score": core.ref_score[self.idx],
+            "length": self.used.sum(1),
+        }
 
 
-class StepwiseISPEnv(gym.Env):
+class StepwiseISPEnv(CoreBound, gym.Env):
     """
     ## Description
     AdaptiveISP's formulation: at each of up to K steps the agent picks one module (or STOP) and its
@@ -123,21 +129,15 @@ class StepwiseISPEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, core: ISPTaskCore | CoreSource, max_steps: int = 5, reuse_penalty: float = 1.0,
-                 all_modules: bool = False) -> None:
+    def __init__(
+        self, core: ISPTaskCore | CoreSource, max_steps: int = 5, reuse_penalty: float = 1.0, all_modules: bool = False
+    ) -> None:
         self.source, self.max_steps, self.reuse_penalty, self.all_modules = core, max_steps, reuse_penalty, all_modules
         reg = core.registry
         self.observation_space = stepwise_observation_space(core.preview_size, reg.n_modules)
         self.action_space = sequence_action_space(reg.n_modules, 1, reg.n_params)
         self._ep: StepwiseEpisodes | None = None
         self._done = True
-
-    @property
-    def core(self) -> ISPTaskCore:
-        return self.source.get()
-
-    def bind_worker(self, worker_index: int | None, num_workers: int | None) -> None:
-        self.source.bind_worker(worker_index, num_workers)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -156,13 +156,19 @@ class StepwiseISPEnv(gym.Env):
         return self._ep.observation()[0], float(r["reward"][0]), self._done, False, info
 
 
-class StepwiseISPVectorEnv(VectorEnv):
+class StepwiseISPVectorEnv(CoreBound, VectorEnv):
     """N step-wise episodes stepped together (one executor call, one task batch per step); NEXT_STEP autoreset."""
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, core: ISPTaskCore | CoreSource, num_envs: int, max_steps: int = 5, reuse_penalty: float = 1.0,
-                 all_modules: bool = False) -> None:
+    def __init__(
+        self,
+        core: ISPTaskCore | CoreSource,
+        num_envs: int,
+        max_steps: int = 5,
+        reuse_penalty: float = 1.0,
+        all_modules: bool = False,
+    ) -> None:
         single = StepwiseISPEnv(core, max_steps, reuse_penalty, all_modules)
         self.source, self.num_envs, self._single = core, num_envs, single
         self.single_observation_space, self.single_action_space = single.observation_space, single.action_space
@@ -170,13 +176,6 @@ class StepwiseISPVectorEnv(VectorEnv):
         self.action_space = gym.vector.utils.batch_space(single.action_space, num_envs)
         self._ep: StepwiseEpisodes | None = None
         self._needs_reset = np.ones(num_envs, bool)
-
-    @property
-    def core(self) -> ISPTaskCore:
-        return self.source.get()
-
-    def bind_worker(self, worker_index: int | None, num_workers: int | None) -> None:
-        self.source.bind_worker(worker_index, num_workers)
 
     def _episodes(self) -> StepwiseEpisodes:
         if self._ep is None:

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 from envs import SequenceISPEnv, StepwiseISPEnv, StepwiseISPVectorEnv
@@ -111,6 +112,8 @@ def test_greedy_rollout_equals_its_composed_pipeline(core):
     env = StepwiseISPEnv(core, max_steps=K)
     module = RLModuleSpec(module_class=SequencePolicyModule, observation_space=env.observation_space,
                           action_space=env.action_space, model_config={"hidden": 16}).build()
+    with torch.no_grad():  # an untrained policy may stop at once; make it pick modules so the check has work
+        module.net.step_logits.bias[M] = -5.0
     images = core.images[:8]
     tokens, params, rolled = stepwise_greedy(module, images, core.executor, core.preview_size, K)
     for row in tokens:  # each module at most once, STOP padding after the first STOP

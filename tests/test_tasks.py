@@ -132,16 +132,65 @@ def test_detector_signal_modes_share_one_forward_pass(tiny_task, tiny_data):
     clean = render_reference(val, "clean_srgb")
 
     def make(signal):
-        return BuiltinDetector(tiny_task.net, tiny_task.classes, tiny_task.loss_clip, 8, tiny_task.score_threshold,
-                               "cpu", signal, detection_scale=10.0)
+        return BuiltinDetector(
+            tiny_task.net,
+            tiny_task.classes,
+            tiny_task.loss_clip,
+            8,
+            tiny_task.score_threshold,
+            "cpu",
+            signal,
+            detection_scale=10.0,
+        )
 
     loss_only, det, mixed = make("loss"), make("detection"), make("mixed")
     quality = 10.0 * prediction_score(det.predict(clean), val.targets)
     np.testing.assert_allclose(det.score(clean, val.targets), quality, rtol=1e-6)
-    np.testing.assert_allclose(mixed.score(clean, val.targets), quality + loss_only.score(clean, val.targets),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        mixed.score(clean, val.targets), quality + loss_only.score(clean, val.targets), rtol=1e-5, atol=1e-6
+    )
     before = mixed.calls
     mixed.score(clean, val.targets)
     assert mixed.calls - before == -(-len(val) // 8)  # one forward per batch of 8, not two
     with pytest.raises(ValueError, match="unknown task signal"):
         make("vibes")
+
+
+def _prediction_score_loop(detections, targets, min_score=0.05):
+    """Oracle: the per-image greedy matching, written as the definition reads."""
+    out = []
+    for d, t in zip(detections, targets, strict=True):
+        keep = d["scores"] >= min_score
+        boxes, scores, labels = d["boxes"][keep], d["scores"][keep], d["labels"][keep]
+        if len(t["labels"]) == 0:
+            out.append(1.0 - float(scores.max()) if len(scores) else 1.0)
+            continue
+        iou = box_iou(boxes, t["boxes"]) * (labels[:, None] == t["labels"][None, :])
+        used, total = np.zeros(len(t["labels"]), bool), 0.0
+        for j in np.argsort(-scores, kind="stable"):
+            cand = np.where(used, 0.0, iou[j])
+            k = int(cand.argmax())
+            if cand[k] >= 0.5:
+                used[k] = True
+                total += float(scores[j] * cand[k])
+        out.append(total / max(len(t["labels"]), int((scores >= 0.3).sum())))
+    return np.array(out, np.float32)
+
+
+def test_vectorised_prediction_score_equals_the_per_image_definition():
+    rng = np.random.default_rng(0)
+    targets, dets = [], []
+    for i in range(40):
+        n = int(rng.integers(0, 4))
+        xy = rng.uniform(0, 40, (n, 2))
+        gt = np.concatenate([xy, xy + rng.uniform(5, 20, (n, 2))], 1).astype(np.float32)
+        targets.append({"boxes": gt, "labels": rng.integers(0, 3, n)})
+        m = int(rng.integers(0, 7))
+        src = gt[rng.integers(0, n, m)] if n else rng.uniform(0, 40, (m, 4)).astype(np.float32)
+        boxes = (src + rng.normal(0, 2 if i % 2 else 6, (m, 4))).astype(np.float32)  # near or far from the truth
+        dets.append(
+            {"boxes": boxes, "scores": rng.uniform(0, 1, m).astype(np.float32), "labels": rng.integers(0, 3, m)}
+        )
+    got = prediction_score(dets, targets)
+    np.testing.assert_allclose(got, _prediction_score_loop(dets, targets), atol=1e-6)
+    assert 0.0 < got.mean() < 1.0 and len(set(np.round(got, 3))) > 5  # a spread of qualities, not a constant

@@ -104,26 +104,34 @@ def _s_curve(lum: float) -> float:
     return HALF + HALF * t * (F1 + t2 * (np.float32(-1 / 6) + t2 * p))
 
 
+# Per-pixel kernels index flat (B, H*W*3) rows as 3 * p + c: with the literal stride LLVM sees the channel
+# interleave and vectorises across pixels (a (B, N, 3) view hides the 3 behind a runtime stride).
+
+
 @_jit
 def _scale_channels(x: np.ndarray, gains: np.ndarray, out: np.ndarray) -> None:
-    """out[b, p, c] = clip(x * gains[b, c]): exposure (equal gains) and white balance."""
+    """out = clip(x * gains[b, c]): exposure (equal gains) and white balance."""
     for b in nb.prange(x.shape[0]):
         g0, g1, g2 = gains[b, 0], gains[b, 1], gains[b, 2]
-        for p in range(x.shape[1]):
-            out[b, p, 0] = _clip(x[b, p, 0] * g0)
-            out[b, p, 1] = _clip(x[b, p, 1] * g1)
-            out[b, p, 2] = _clip(x[b, p, 2] * g2)
+        xb, ob = x[b], out[b]
+        for p in range(xb.shape[0] // 3):
+            ob[3 * p] = _clip(xb[3 * p] * g0)
+            ob[3 * p + 1] = _clip(xb[3 * p + 1] * g1)
+            ob[3 * p + 2] = _clip(xb[3 * p + 2] * g2)
 
 
 @_jit
 def _matrix(x: np.ndarray, mat: np.ndarray, out: np.ndarray) -> None:
     for b in nb.prange(x.shape[0]):
-        mm = mat[b]
-        for p in range(x.shape[1]):
-            r, g, bl = x[b, p, 0], x[b, p, 1], x[b, p, 2]
-            out[b, p, 0] = _clip(mm[0, 0] * r + mm[0, 1] * g + mm[0, 2] * bl)
-            out[b, p, 1] = _clip(mm[1, 0] * r + mm[1, 1] * g + mm[1, 2] * bl)
-            out[b, p, 2] = _clip(mm[2, 0] * r + mm[2, 1] * g + mm[2, 2] * bl)
+        m00, m01, m02 = mat[b, 0, 0], mat[b, 0, 1], mat[b, 0, 2]
+        m10, m11, m12 = mat[b, 1, 0], mat[b, 1, 1], mat[b, 1, 2]
+        m20, m21, m22 = mat[b, 2, 0], mat[b, 2, 1], mat[b, 2, 2]
+        xb, ob = x[b], out[b]
+        for p in range(xb.shape[0] // 3):
+            r, g, bl = xb[3 * p], xb[3 * p + 1], xb[3 * p + 2]
+            ob[3 * p] = _clip(m00 * r + m01 * g + m02 * bl)
+            ob[3 * p + 1] = _clip(m10 * r + m11 * g + m12 * bl)
+            ob[3 * p + 2] = _clip(m20 * r + m21 * g + m22 * bl)
 
 
 @_jit
@@ -136,54 +144,61 @@ def _gamma(bits: np.ndarray, g: np.ndarray, out_bits: np.ndarray) -> None:
 
 
 @_jit
-def _piecewise(x: np.ndarray, knots: np.ndarray, slopes: np.ndarray, out: np.ndarray) -> None:
+def _piecewise(x: np.ndarray, slopes: np.ndarray, out: np.ndarray) -> None:
+    """The tone curve as a sum of ramps, sum_k slope_k * clip(n x - k, 0, 1): no table gather, so it
+    vectorises; equal to knot[seg] + (n x - seg) * slope[seg] of the reference."""
     n = slopes.shape[1]
     fn = np.float32(n)
     for b in nb.prange(x.shape[0]):
-        kb, sb = knots[b], slopes[b]
+        sb = slopes[b]
         for i in range(x.shape[1]):
             t = _clip(x[b, i]) * fn
-            seg = min(int(t), n - 1)
-            out[b, i] = _clip(kb[seg] + (t - np.float32(seg)) * sb[seg])
+            acc = F0
+            for k in range(n):
+                acc += sb[k] * _clip(t - np.float32(k))
+            out[b, i] = _clip(acc)
 
 
 @_jit
 def _contrast(x: np.ndarray, alpha: np.ndarray, out: np.ndarray) -> None:
     for b in nb.prange(x.shape[0]):
         a = alpha[b]
-        for p in range(x.shape[1]):
-            r, g, bl = x[b, p, 0], x[b, p, 1], x[b, p, 2]
+        xb, ob = x[b], out[b]
+        for p in range(xb.shape[0] // 3):
+            r, g, bl = xb[3 * p], xb[3 * p + 1], xb[3 * p + 2]
             lum = _clip(r * LR + g * LG + bl * LB)
             k = _s_curve(lum) / (lum + EPS)
-            out[b, p, 0] = _clip(r + a * (r * k - r))
-            out[b, p, 1] = _clip(g + a * (g * k - g))
-            out[b, p, 2] = _clip(bl + a * (bl * k - bl))
+            ob[3 * p] = _clip(r + a * (r * k - r))
+            ob[3 * p + 1] = _clip(g + a * (g * k - g))
+            ob[3 * p + 2] = _clip(bl + a * (bl * k - bl))
 
 
 @_jit
 def _saturation(x: np.ndarray, alpha: np.ndarray, out: np.ndarray) -> None:
     for b in nb.prange(x.shape[0]):
         a = alpha[b]
-        for p in range(x.shape[1]):
-            r, g, bl = x[b, p, 0], x[b, p, 1], x[b, p, 2]
+        xb, ob = x[b], out[b]
+        for p in range(xb.shape[0] // 3):
+            r, g, bl = xb[3 * p], xb[3 * p + 1], xb[3 * p + 2]
             v = max(r, max(g, bl))
             s = (v - min(r, min(g, bl))) / max(v, EPS)
             k = (s + (F1 - s) * (HALF - abs(HALF - v)) * np.float32(0.8)) / max(s, EPS)
-            out[b, p, 0] = _clip(r + a * ((v - (v - r) * k) - r))
-            out[b, p, 1] = _clip(g + a * ((v - (v - g) * k) - g))
-            out[b, p, 2] = _clip(bl + a * ((v - (v - bl) * k) - bl))
+            ob[3 * p] = _clip(r + a * ((v - (v - r) * k) - r))
+            ob[3 * p + 1] = _clip(g + a * ((v - (v - g) * k) - g))
+            ob[3 * p + 2] = _clip(bl + a * ((v - (v - bl) * k) - bl))
 
 
 @_jit
 def _desaturation(x: np.ndarray, alpha: np.ndarray, out: np.ndarray) -> None:
     for b in nb.prange(x.shape[0]):
         a = alpha[b]
-        for p in range(x.shape[1]):
-            r, g, bl = x[b, p, 0], x[b, p, 1], x[b, p, 2]
+        xb, ob = x[b], out[b]
+        for p in range(xb.shape[0] // 3):
+            r, g, bl = xb[3 * p], xb[3 * p + 1], xb[3 * p + 2]
             lum = r * LR + g * LG + bl * LB
-            out[b, p, 0] = _clip(r + a * (lum - r))
-            out[b, p, 1] = _clip(g + a * (lum - g))
-            out[b, p, 2] = _clip(bl + a * (lum - bl))
+            ob[3 * p] = _clip(r + a * (lum - r))
+            ob[3 * p + 1] = _clip(g + a * (lum - g))
+            ob[3 * p + 2] = _clip(bl + a * (lum - bl))
 
 
 @_jit
@@ -247,11 +262,6 @@ def _nlm(grey_pad, planes_pad, inv_h, search, rows_per_job, out):  # noqa: ANN00
                     dst[xx] = _clip(ac[xx] / ws[xx])  # ws >= 1: the centre offset always has weight 1
 
 
-def _pixels(img: np.ndarray) -> np.ndarray:
-    """(B, H, W, 3) -> contiguous (B, H*W, 3) float32 view."""
-    return np.ascontiguousarray(img, dtype=np.float32).reshape(img.shape[0], -1, 3)
-
-
 def _flat(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img, dtype=np.float32).reshape(img.shape[0], -1)
 
@@ -260,26 +270,24 @@ def _f32(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def exposure(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    x = _pixels(img)
-    gains = np.repeat(np.exp2(_f32(params[:, :1])), 3, axis=1)
+def _per_pixel(kernel: Callable[..., None], img: np.ndarray, *constants: np.ndarray) -> np.ndarray:
+    """Run a flat-row kernel `kernel(x, *constants, out)` on a (B, H, W, 3) batch."""
+    x = _flat(img)
     out = np.empty_like(x)
-    _scale_channels(x, _f32(gains), out)
+    kernel(x, *constants, out)
     return out.reshape(img.shape)
+
+
+def exposure(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
+    return _per_pixel(_scale_channels, img, _f32(np.repeat(np.exp2(_f32(params[:, :1])), 3, axis=1)))
 
 
 def white_balance(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    x = _pixels(img)
-    out = np.empty_like(x)
-    _scale_channels(x, _f32(m.wb_gains(_f32(params))), out)
-    return out.reshape(img.shape)
+    return _per_pixel(_scale_channels, img, _f32(m.wb_gains(_f32(params))))
 
 
 def ccm(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    x = _pixels(img)
-    out = np.empty_like(x)
-    _matrix(x, _f32(m.ccm_matrix(_f32(params), np)), out)
-    return out.reshape(img.shape)
+    return _per_pixel(_matrix, img, _f32(m.ccm_matrix(_f32(params), np)))
 
 
 def gamma(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
@@ -290,32 +298,19 @@ def gamma(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarra
 
 
 def tone_curve(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    x = _flat(img)
-    knots, slopes = m.tone_knots(_f32(params), np)
-    out = np.empty_like(x)
-    _piecewise(x, _f32(knots), _f32(slopes), out)
-    return out.reshape(img.shape)
+    return _per_pixel(_piecewise, img, _f32(m.tone_knots(_f32(params), np)[1]))
 
 
 def contrast(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    x = _pixels(img)
-    out = np.empty_like(x)
-    _contrast(x, _f32(params[:, 0]), out)
-    return out.reshape(img.shape)
+    return _per_pixel(_contrast, img, _f32(params[:, 0]))
 
 
 def saturation_plus(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    x = _pixels(img)
-    out = np.empty_like(x)
-    _saturation(x, _f32(params[:, 0]), out)
-    return out.reshape(img.shape)
+    return _per_pixel(_saturation, img, _f32(params[:, 0]))
 
 
 def desaturation(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    x = _pixels(img)
-    out = np.empty_like(x)
-    _desaturation(x, _f32(params[:, 0]), out)
-    return out.reshape(img.shape)
+    return _per_pixel(_desaturation, img, _f32(params[:, 0]))
 
 
 def sharpen(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:

@@ -79,28 +79,20 @@ def per_image_loss(out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) -
 
 @torch.inference_mode()
 def decode(out: dict[str, torch.Tensor], top_k: int = 50, min_score: float = 0.01) -> Detections:
-    """Peaks of the heatmap (3x3 max-pool NMS) -> boxes in input pixels."""
+    """Peaks of the heatmap (3x3 max-pool NMS) -> boxes in input pixels, decoded for the whole batch at
+    once; the per-image lists are views into one host copy."""
     heat = torch.sigmoid(out["heatmap"])
     b, c, h, w = heat.shape
     peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
-    scores, idx = peaks.reshape(b, -1).topk(min(top_k, c * h * w))
-    labels = idx // (h * w)
-    cell = idx % (h * w)
-    ys, xs = (cell // w).float(), (cell % w).float()
-    dets = []
-    for i in range(b):
-        keep = scores[i] >= min_score
-        cl = cell[i][keep]
-        off = out["offset"][i].reshape(2, -1)[:, cl]
-        sz = torch.exp(out["size"][i].reshape(2, -1)[:, cl].clamp(max=8.0))  # clamp: no overflow from a wild head
-        cx, cy = (xs[i][keep] + off[0]) * STRIDE, (ys[i][keep] + off[1]) * STRIDE
-        bw, bh = sz[0] * STRIDE, sz[1] * STRIDE
-        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
-        dets.append(
-            {
-                "boxes": boxes.cpu().numpy(),
-                "scores": scores[i][keep].cpu().numpy(),
-                "labels": labels[i][keep].cpu().numpy(),
-            }
-        )
-    return dets
+    scores, idx = peaks.reshape(b, -1).topk(min(top_k, c * h * w))  # sorted: kept detections are a prefix
+    labels, cell = idx // (h * w), idx % (h * w)
+    at_peaks = cell[:, None, :].expand(b, 2, cell.shape[1])
+    off = out["offset"].reshape(b, 2, -1).gather(2, at_peaks)
+    sz = torch.exp(out["size"].reshape(b, 2, -1).gather(2, at_peaks).clamp(max=8.0)) * STRIDE  # no overflow
+    cx, cy = ((cell % w).float() + off[:, 0]) * STRIDE, ((cell // w).float() + off[:, 1]) * STRIDE
+    boxes = torch.stack([cx - sz[:, 0] / 2, cy - sz[:, 1] / 2, cx + sz[:, 0] / 2, cy + sz[:, 1] / 2], -1).cpu().numpy()
+    counts = (scores >= min_score).sum(1).tolist()
+    scores_np, labels_np = scores.cpu().numpy(), labels.cpu().numpy()
+    return [
+        {"boxes": boxes[i, :n], "scores": scores_np[i, :n], "labels": labels_np[i, :n]} for i, n in enumerate(counts)
+    ]

@@ -60,24 +60,55 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
 
 
-def prediction_score(detections: Detections, targets: Targets, min_score: float = 0.05) -> np.ndarray:
-    """Per-image quality in [0, 1] from predictions alone: greedy class-aware matching, sum(conf * IoU)
-    over matches divided by max(#objects, #confident detections). Used where a task loss is unavailable."""
-    out = np.zeros(len(targets), np.float32)
-    for i, (d, t) in enumerate(zip(detections, targets, strict=True)):
-        keep = d["scores"] >= min_score
-        boxes, scores, labels = d["boxes"][keep], d["scores"][keep], d["labels"][keep]
-        n_gt = len(t["labels"])
-        if n_gt == 0:
-            out[i] = 1.0 - float(scores.max()) if len(scores) else 1.0
-            continue
-        iou = box_iou(boxes, t["boxes"]) * (labels[:, None] == t["labels"][None, :])
-        used, total = np.zeros(n_gt, bool), 0.0
-        for j in np.argsort(-scores):
-            cand = np.where(used, 0.0, iou[j])
-            k = int(cand.argmax()) if n_gt else 0
-            if cand[k] >= 0.5:
-                used[k] = True
-                total += float(scores[j] * cand[k])
-        out[i] = total / max(n_gt, int((scores >= 0.3).sum()))
+def _padded(arrays: list[np.ndarray], width: int, fill: float, tail: tuple[int, ...] = ()) -> np.ndarray:
+    """Ragged per-image arrays -> one (B, width, *tail) array, scattered in one vectorised assignment."""
+    counts = np.array([len(a) for a in arrays], np.int64)
+    out = np.full((len(arrays), width, *tail), fill, np.float64)
+    if counts.sum():
+        rows = np.repeat(np.arange(len(arrays)), counts)
+        cols = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        out[rows, cols] = np.concatenate([np.asarray(a, np.float64).reshape(-1, *tail) for a in arrays])
     return out
+
+
+def prediction_score(detections: Detections, targets: Targets, min_score: float = 0.05) -> np.ndarray:
+    """Per-image quality in [0, 1] from predictions alone: greedy class-aware matching (detections in
+    descending confidence, each to the free ground truth of highest IoU >= 0.5), sum(conf * IoU) over
+    matches divided by max(#objects, #confident detections); 1 - max confidence for an empty image.
+    Vectorised over the batch: the Python loop runs over detection ranks, never over images."""
+    if len(detections) != len(targets):
+        raise ValueError(f"{len(detections)} detection lists for {len(targets)} targets")
+    kept = [d["scores"] >= min_score for d in detections]
+    scores = [d["scores"][k] for d, k in zip(detections, kept, strict=True)]
+    k_max = max([len(s) for s in scores] + [1])
+    g_max = max([len(t["labels"]) for t in targets] + [1])
+    sc = _padded(scores, k_max, -1.0)  # padding ranks below every real detection
+    order = np.argsort(-sc, axis=1, kind="stable")
+    sc = np.take_along_axis(sc, order, 1)
+    boxes = np.take_along_axis(
+        _padded([d["boxes"][k] for d, k in zip(detections, kept, strict=True)], k_max, 0.0, (4,)), order[..., None], 1
+    )
+    labels = np.take_along_axis(
+        _padded([d["labels"][k] for d, k in zip(detections, kept, strict=True)], k_max, -1.0), order, 1
+    )
+    gt_boxes = _padded([t["boxes"] for t in targets], g_max, 0.0, (4,))
+    gt_labels = _padded([t["labels"] for t in targets], g_max, -2.0)  # never equal to a (padded) label
+    lt = np.maximum(boxes[:, :, None, :2], gt_boxes[:, None, :, :2])
+    rb = np.minimum(boxes[:, :, None, 2:], gt_boxes[:, None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=3)
+    area = lambda x: np.prod(np.clip(x[..., 2:] - x[..., :2], 0, None), axis=-1)  # noqa: E731
+    iou = inter / np.maximum(area(boxes)[:, :, None] + area(gt_boxes)[:, None, :] - inter, 1e-9)
+    iou *= (labels[:, :, None] == gt_labels[:, None, :]) & (sc[:, :, None] >= 0)
+    rows = np.arange(len(targets))
+    used = np.zeros((len(targets), g_max), bool)
+    total = np.zeros(len(targets))
+    for r in range(k_max):
+        cand = np.where(used, 0.0, iou[:, r])
+        best = cand.argmax(axis=1)
+        match = cand[rows, best] >= 0.5
+        used[rows[match], best[match]] = True
+        total += np.where(match, sc[:, r] * cand[rows, best], 0.0)
+    n_gt = np.array([len(t["labels"]) for t in targets])
+    confident = (sc >= 0.3).sum(axis=1)
+    empty = 1.0 - np.where(sc[:, 0] >= 0, sc[:, 0], 0.0)  # no objects: penalise the most confident detection
+    return np.where(n_gt == 0, empty, total / np.maximum(np.maximum(n_gt, confident), 1)).astype(np.float32)
