@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from posisp_dist.cache.score_cache import ScoreCache
 from posisp_dist.data.shards import RawBatch
 from posisp_dist.isp.executor import ISPExecutor, sequence_lengths
 from posisp_dist.isp.registry import Registry
@@ -57,23 +58,42 @@ class ISPTaskCore:
         preview_size: int = 64,
         cost_lambda: float = 0.0,
         brightness: bool = True,
+        score_cache: ScoreCache | None = None,
+        cache_namespace: str | None = None,
+        kernels: str = "fast",
     ) -> None:
         if len(batch) == 0:
             raise ValueError("the environment needs at least one image")
         self.batch, self.task, self.registry, self.xp = batch, task, registry, xp
         self.preview_size = preview_size
-        self.executor = ISPExecutor(registry, xp)
+        self.executor = ISPExecutor(registry, xp, kernels)
         self.cost_lambda, self.use_brightness = cost_lambda, brightness
         self.images = input_raw(xp.asarray(batch.raw), batch.black_level, batch.white_level, batch.cfa, xp)
         self.previews = area_downsample(to_numpy(self.images), preview_size).astype(np.float32)
         self.targets = batch.targets
-        self.ref_score = np.asarray(task.score(self.images, self.targets), np.float64)
+        self.ref_task_images = 0  # images the task model scored for reference scores (0 on a full cache hit)
+        self.ref_score = self._reference_scores(score_cache, cache_namespace)
         self.ref_penalty = brightness_penalty(self.images, xp)
         self.task_calls = 0  # task-model batches
         self.task_images = 0  # images scored by the task model
 
     def __len__(self) -> int:
         return len(self.batch)
+
+    def _reference_scores(self, cache: ScoreCache | None, namespace: str | None) -> np.ndarray:
+        """Task score of each input-RAW image: from the shared cache where held, computed (and shared) otherwise."""
+        ids = [int(i) for i in self.batch.ids]
+        found = cache.get_many(namespace, ids) if cache is not None and namespace else {}
+        todo = np.array([k for k, i in enumerate(ids) if i not in found], np.int64)
+        if len(todo):
+            images = self.images if len(todo) == len(ids) else self.images[self.xp.asarray(todo)]  # no copy if all
+            scores = np.asarray(self.task.score(images, [self.targets[k] for k in todo]), np.float64)
+            self.ref_task_images += len(todo)
+            computed = {ids[k]: float(v) for k, v in zip(todo, scores, strict=True)}
+            if cache is not None and namespace:
+                cache.put_many(namespace, computed)
+            found = {**found, **computed}
+        return np.array([found[i] for i in ids], np.float64)
 
     def get(self) -> ISPTaskCore:
         """The core itself (environments accept this or a lazy `envs.factory.CoreSource`)."""
@@ -115,9 +135,24 @@ class ISPTaskCore:
         self.task_images += len(idx)
         length = sequence_lengths(t, self.registry.n_modules)
         costs = np.concatenate([self.registry.costs, [0.0]])
-        cost = np.array([costs[row[:k]].sum() for row, k in zip(t, length, strict=True)])
+        running = np.arange(t.shape[1])[None, :] < length[:, None]  # positions before each row's STOP
+        cost = np.where(running, costs[t], 0.0).sum(axis=1)
         reward = score - self.ref_score[idx] - self.cost_lambda * cost
         if self.use_brightness:
             reward -= brightness_penalty(out, self.xp) - self.ref_penalty[idx]
         reward = np.where(length == 0, 0.0, reward)  # STOP-only: the input itself, exactly 0
         return StepResult(reward, score, self.ref_score[idx], cost, length, t, p, out if keep_output else None)
+
+
+class CoreBound:
+    """What every ISP env shares: `source` is an `ISPTaskCore`, or a lazy `CoreSource` that loads this
+    worker's shards and the task model at the first reset; RLlib binds the worker index before that."""
+
+    source: Any
+
+    @property
+    def core(self) -> ISPTaskCore:
+        return self.source.get()
+
+    def bind_worker(self, worker_index: int | None, num_workers: int | None) -> None:
+        self.source.bind_worker(worker_index, num_workers)

@@ -3,7 +3,9 @@
 `CoreSource` defers loading images and the task model to the first `reset`, so an env is cheap to build
 (the driver only needs its spaces) and the EnvRunner can first tell it which worker it is: worker k of n
 reads data shards k, k+n, ... (`RawDataset.shards_for_worker`). RLlib hands vector entry points a plain
-dict without `worker_index`, so the `on_environment_created` callback binds it (`bind_worker`).
+dict without `worker_index`, so the `on_environment_created` callback binds it (`bind_worker`). With
+`data.transport: object_store` the env config also carries the driver's `Shipment`, and the shards and task
+weights come from Ray's object store instead of the disk (`posisp_dist/data/transport.py`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ RLLIB_ENV_ID = "posisp-sequence-isp"
 class CoreSource:
     """This worker's `ISPTaskCore`, made on first `get()` from the config and the bound worker index."""
 
-    def __init__(self, cfg: Config, split: str = "train", xp: Any = None, device: str | None = None) -> None:
+    def __init__(
+        self, cfg: Config, split: str = "train", xp: Any = None, device: str | None = None, shipment: Any = None
+    ) -> None:
         self.cfg, self.split, self.xp, self.device = cfg, split, xp, device
+        self.shipment = shipment  # a data.transport.Shipment: shards and weights from the object store, not disk
         self.registry: Registry = DEFAULT_REGISTRY.subset(cfg.isp.modules)
         self.preview_size = cfg.env.preview_size
         self.worker_index, self.num_workers = 0, 1
@@ -36,15 +41,19 @@ class CoreSource:
         self.worker_index, self.num_workers = int(worker_index or 0), int(num_workers or 0)
 
     def shards(self) -> list[int]:
-        from posisp_dist.data.shards import RawDataset
+        from posisp_dist.data.shards import RawDataset, assign_shards
 
-        ds = RawDataset(self.cfg.data.root, self.split)
+        if self.shipment is not None:
+            n = self.shipment.num_shards(self.split)
+        else:
+            n = len(RawDataset(self.cfg.data.root, self.split).shard_paths)
         if self.num_workers <= 0:  # local sampling: the driver's runner reads everything
-            return ds.shards_for_worker(0, 1)
-        return ds.shards_for_worker(max(self.worker_index - 1, 0), self.num_workers)
+            return assign_shards(n, 0, 1)
+        return assign_shards(n, max(self.worker_index - 1, 0), self.num_workers)
 
     def get(self) -> ISPTaskCore:
         if self._core is None:
+            from posisp_dist.cache import open_cache, reference_namespace
             from posisp_dist.data.shards import RawDataset
             from posisp_dist.isp.xp import get_xp
             from posisp_dist.tasks import load_task_model
@@ -52,21 +61,30 @@ class CoreSource:
             cfg = self.cfg
             xp = self.xp or get_xp(cfg.isp.backend)
             device = self.device or ("cuda" if xp.__name__ == "cupy" else "cpu")
-            batch = RawDataset(cfg.data.root, self.split).load(self.shards(), limit=cfg.env.max_images)
-            task = load_task_model(cfg.task, cfg.data.root, progress=False, device=device)
-            self._core = ISPTaskCore(
-                batch, task, self.registry, xp, cfg.env.preview_size, cfg.env.cost_lambda, cfg.env.brightness_penalty
-            )
+            if self.shipment is not None:  # object_store transport: reads neither data.root nor task.cache_dir
+                fingerprint = str(self.shipment.manifest["fingerprint"])
+                batch = self.shipment.load(self.split, self.shards(), limit=cfg.env.max_images)
+                task = self.shipment.task_model(cfg.task, device=device)
+            else:
+                dataset = RawDataset(cfg.data.root, self.split)
+                fingerprint = dataset.fingerprint
+                batch = dataset.load(self.shards(), limit=cfg.env.max_images)
+                task = load_task_model(cfg.task, cfg.data.root, progress=False, device=device)
+            ns = reference_namespace(fingerprint, self.split, task)  # shared across runners and jobs
+            env = cfg.env
+            args = (env.preview_size, env.cost_lambda, env.brightness_penalty, open_cache(cfg.cache), ns)
+            self._core = ISPTaskCore(batch, task, self.registry, xp, *args, kernels=cfg.isp.kernels)
         return self._core
 
 
 def make_env(env_config: dict[str, Any]) -> gym.Env:
-    """RLlib env creator: `{"config": Config dump[, "num_envs": n]}` -> single env or batched vector env."""
+    """RLlib env creator: `{"config": Config dump[, "num_envs": n][, "shipment": Shipment]}` -> single env or
+    batched vector env."""
     from envs.sequence_isp import SequenceISPEnv, SequenceISPVectorEnv
     from envs.stepwise_isp import StepwiseISPEnv, StepwiseISPVectorEnv
 
     cfg = Config.model_validate(env_config["config"])
-    source = CoreSource(cfg, env_config.get("split", "train"))
+    source = CoreSource(cfg, env_config.get("split", "train"), shipment=env_config.get("shipment"))
     if hasattr(env_config, "worker_index"):  # an RLlib EnvContext (single-env path)
         source.bind_worker(env_config.worker_index, env_config.num_workers)
     n = int(env_config["num_envs"]) if "num_envs" in env_config else None

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from posisp_dist.config import ConfigError, load_config
+import yaml
+
+from posisp_dist.cluster import check_reachable, effective_address
+from posisp_dist.config import Config, ConfigError, load_config
+from posisp_dist.paths import ephemeral_home_warning
 from posisp_dist.train.tracking import TrackingError
 
 
@@ -45,10 +50,62 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 def cmd_bench_isp(args: argparse.Namespace) -> int:
     from posisp_dist.benchmarks import isp
 
-    result = isp.run(tuple(args.sizes), args.batch, args.min_time)
+    result = isp.run(tuple(args.sizes), args.batch, args.min_time, tuple(args.kernels))
     print(isp.format_rows(result))
     _write_json(args.json, result)
     return 0
+
+
+def cmd_bench_peer(args: argparse.Namespace) -> int:
+    from posisp_dist.benchmarks import peer
+
+    result = peer.run(tuple(args.sizes), args.batch, args.steps, args.min_time)
+    print(peer.format_rows(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_bench_runtime(args: argparse.Namespace) -> int:
+    from posisp_dist.benchmarks import runtime
+
+    result = runtime.run(load_config(args.config, parse_sets(args.set)), args.timesteps)
+    print(runtime.format_rows(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
+    """`--set key=value` pairs -> dotted config overrides; values are read as YAML (numbers, lists, null)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects section.field=value (e.g. train.num_env_runners=4), got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {pair!r}: the value is not valid YAML ({e})") from None
+    return out
+
+
+def _check_new_run(cfg: Config, tracking_uri: str | None) -> None:
+    """Fail fast on an unreachable cluster; warn when outputs would vanish with a Ray job's temp working_dir."""
+    check_reachable(effective_address(cfg.train.ray_address))
+    relative = [p for p in (cfg.data.root, cfg.task.cache_dir, cfg.train.out_dir) if not Path(p).is_absolute()]
+    if not (tracking_uri or cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        relative.append("the default MLflow store")
+    warning = ephemeral_home_warning(relative)
+    if warning:
+        print(f"posisp: warning: {warning}", file=sys.stderr)
+
+
+def _print_run(summary: dict[str, Any]) -> None:
+    """Say which run this was and where it lives, so it can be found after a `ray job submit`."""
+    uri = _tracking_uri(summary)
+    print(f"MLflow run: {summary['run_id']}")
+    print(f"MLflow tracking URI: {uri}")
+    print(f"  browse: mlflow ui --backend-store-uri {uri}")
+    print(f"  evaluate: posisp eval --run {summary['run_id']} --tracking-uri {uri} --split test")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -56,8 +113,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if not args.config and not args.resume:
         raise ValueError("train needs --config (a new run) or --resume RUN_ID")
-    overrides = {"train.iterations": args.iterations} if args.iterations and args.config else None
-    cfg = load_config(args.config, overrides) if args.config and not args.resume else None
+    if args.resume and args.set:
+        raise ValueError("--set applies to new runs; a resumed run keeps the config stored with it")
+    overrides = parse_sets(args.set)
+    if args.iterations and args.config:
+        overrides["train.iterations"] = args.iterations
+    cfg = load_config(args.config, overrides or None) if args.config and not args.resume else None
+    if cfg is not None:
+        _check_new_run(cfg, args.tracking_uri)
     if args.resume and args.config:  # the run's own config wins; --config only names the tracking store
         args.tracking_uri = args.tracking_uri or load_config(args.config).tracking.uri
     summary = train(
@@ -67,8 +130,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         progress=not args.quiet,
     )
-    print(f"MLflow run: {summary['run_id']}")
     print(json.dumps({k: v for k, v in summary.items() if k != "run_id"}, indent=2, default=str))
+    _print_run(summary)
     if args.eval:
         from posisp_dist.baselines.table import format_table
         from posisp_dist.train.evaluate import evaluate_run
@@ -103,11 +166,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from posisp_dist.train.inference import load_policy
 
     cfg, ckpt, _ = fetch_run(args.run, args.tracking_uri)
-    executor = ISPExecutor(DEFAULT_REGISTRY.subset(cfg.isp.modules), get_xp(cfg.isp.backend))
+    executor = ISPExecutor(DEFAULT_REGISTRY.subset(cfg.isp.modules), get_xp(cfg.isp.backend), cfg.isp.kernels)
     from posisp_dist.train.report import stepwise_steps
 
-    records = apply_files(load_policy(ckpt), executor, cfg.env.preview_size, args.inputs, args.output,
-                          stepwise_steps(cfg))
+    records = apply_files(
+        load_policy(ckpt), executor, cfg.env.preview_size, args.inputs, args.output, stepwise_steps(cfg)
+    )
     for r in records:
         print(f"{r['input']} -> {r['output']}: {' > '.join(r['modules']) or '(no modules)'}")
     return 0
@@ -116,11 +180,25 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from posisp_dist.baselines.compare import load_compare, run_compare
 
-    ccfg, base = load_compare(args.config)
+    overrides = {"budget": args.budget} if args.budget else {}
+    ccfg, base = load_compare(args.config, overrides)
     payload = run_compare(ccfg, base, args.out, progress=not args.quiet)
     print(payload["table"])
     print(f"MLflow parent run: {payload['parent_run_id']}")
     _write_json(args.json, payload)
+    return 0
+
+
+def cmd_cluster_check(args: argparse.Namespace) -> int:
+    from posisp_dist.cluster import validate_cluster_yaml
+
+    for path in args.files:
+        config = validate_cluster_yaml(path)
+        types = ", ".join(
+            f"{name} {t.get('min_workers', 0)}-{t.get('max_workers', 0)}"
+            for name, t in config["available_node_types"].items()
+        )
+        print(f"{path}: ok ({config['provider']['type']}; head type {config['head_node_type']}; worker nodes {types})")
     return 0
 
 
@@ -146,7 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", help="experiment YAML (e.g. configs/quick.yaml)")
     tr.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint")
     tr.add_argument("--iterations", type=int, help="override train.iterations (total, including resumed ones)")
-    tr.add_argument("--tracking-uri", help="MLflow tracking URI (default: the config's, else the local SQLite store)")
+    tr.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override one config field, e.g. --set train.num_env_runners=8 (repeatable; YAML values)",
+    )
+    tr.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: the config's tracking.uri, else $MLFLOW_TRACKING_URI, else the SQLite "
+        "store under $POSISP_HOME or the CWD: .posisp/mlflow/mlflow.db)",
+    )
     tr.add_argument("--eval", choices=("val", "test"), help="after training, run `posisp eval` on this split")
     tr.add_argument("--json", help="write the run summary to this JSON file")
     tr.add_argument("--quiet", action="store_true")
@@ -170,17 +258,37 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="sequence PPO vs image-blind vs step-wise PPO vs search, equal budgets")
     cp.add_argument("--config", required=True, help="comparison YAML (e.g. configs/compare.yaml)")
     cp.add_argument("--out", default="out/compare", help="directory for compare.md and compare.png")
+    cp.add_argument("--budget", choices=("wall_clock", "images"), help="override the config's equal budget")
     cp.add_argument("--json", help="write every row and the aggregate to this JSON file")
     cp.add_argument("--quiet", action="store_true")
     cp.set_defaults(fn=cmd_compare)
+
+    cl = sub.add_parser("cluster", help="Ray cluster YAMLs").add_subparsers(dest="cluster_command", required=True)
+    cc = cl.add_parser("check", help="run Ray's own `ray up` config checks on cluster YAMLs, offline")
+    cc.add_argument("files", nargs="+", help="e.g. cluster/aws-gpu.yaml")
+    cc.set_defaults(fn=cmd_cluster_check)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     bi = bench.add_parser("isp", help="ISP module and pipeline throughput (NumPy, and CuPy when present)")
     bi.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     bi.add_argument("--batch", type=int, default=32)
     bi.add_argument("--min-time", type=float, default=0.5, help="seconds of repetitions per measurement")
+    bi.add_argument("--kernels", nargs="+", choices=("fast", "reference"), default=["fast", "reference"])
     bi.add_argument("--json")
     bi.set_defaults(fn=cmd_bench_isp)
+    bp = bench.add_parser("peer", help="our executor vs the torch peer: pipeline once, and AdaptiveISP's K steps")
+    bp.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    bp.add_argument("--batch", type=int, default=32)
+    bp.add_argument("--steps", type=int, default=5, help="AdaptiveISP steps K")
+    bp.add_argument("--min-time", type=float, default=0.5)
+    bp.add_argument("--json")
+    bp.set_defaults(fn=cmd_bench_peer)
+    br = bench.add_parser("runtime", help="env steps/s of one EnvRunner, policy latency, ISP peak memory")
+    br.add_argument("--config", default="configs/quick.yaml")
+    br.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
+    br.add_argument("--timesteps", type=int, default=512, help="env steps sampled per measurement")
+    br.add_argument("--json")
+    br.set_defaults(fn=cmd_bench_runtime)
     return p
 
 
@@ -188,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, TrackingError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, TrackingError, ConnectionError) as e:
         print(f"posisp: error: {e}", file=sys.stderr)
         return 2
 

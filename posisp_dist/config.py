@@ -68,9 +68,16 @@ class DataConfig(_Strict):
     object_size: tuple[int, int] = Field((16, 44), description="object side range in pixels")
     unprocess: UnprocessConfig = UnprocessConfig()
     lowlight: LowLightConfig = LowLightConfig()
+    transport: str = Field(
+        "filesystem",
+        description="how EnvRunners get shards and task weights: filesystem (read data.root / task.cache_dir on "
+        "their node) | object_store (the driver ships the bytes through Ray's object store; no shared disk)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
+        if self.transport not in ("filesystem", "object_store"):
+            raise ValueError(f"data.transport must be filesystem or object_store, got {self.transport!r}")
         if self.image_size % 2:
             raise ValueError(f"image_size must be even for a 2x2 Bayer pattern, got {self.image_size}")
         _ordered(self.objects_per_image, "objects_per_image")
@@ -135,6 +142,7 @@ class ISPConfig(_Strict):
     modules: tuple[str, ...] = Field(DEFAULT_REGISTRY.names, description="module names from the registry")
     max_len: int = Field(10, ge=1, le=32, description="maximum modules in one pipeline (before STOP)")
     backend: str = Field("auto", description="numpy | cupy | auto")
+    kernels: str = Field("fast", description="fast (fused Numba kernels on CPU) | reference (plain array code)")
 
     @model_validator(mode="after")
     def _check(self) -> ISPConfig:
@@ -142,6 +150,8 @@ class ISPConfig(_Strict):
             DEFAULT_REGISTRY.index(name)  # raises KeyError naming the unknown module
         if self.backend not in ("numpy", "cupy", "auto"):
             raise ValueError(f"isp.backend must be numpy, cupy or auto, got {self.backend!r}")
+        if self.kernels not in ("fast", "reference"):
+            raise ValueError(f"isp.kernels must be fast or reference, got {self.kernels!r}")
         return self
 
 
@@ -224,6 +234,10 @@ class TrainConfig(_Strict):
     out_dir: str = Field(".posisp/runs", description="local checkpoints and figures, one folder per run")
     grid_images: int = Field(6, ge=1, description="val images in the input-vs-ISP picture")
     ray_address: str | None = Field(None, description="Ray cluster address; None starts or joins a local one")
+    env_runner_resources: dict[str, float] = Field(
+        {}, description="custom Ray resources each EnvRunner needs, e.g. {env_runner: 1} to place them only on "
+        "nodes that advertise that resource"
+    )
 
 
 class TrackingConfig(_Strict):
@@ -232,6 +246,36 @@ class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; None = sqlite:///<abs>/.posisp/mlflow/mlflow.db")
     experiment: str = Field("posisp", min_length=1)
     artifact_root: str | None = Field(None, description="artifact location for a new experiment")
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class CacheConfig(_Strict):
+    """The score cache shared by every EnvRunner and job: input-RAW reference scores and eval results.
+
+    Without a URL each process keeps its own (the embedded default). With one, a Redis server shares them
+    across actors, nodes and jobs; if it is unreachable or goes away, the run warns once naming the URL and
+    goes on with the in-process cache (recomputing what it misses)."""
+
+    redis_url: str | None = Field(
+        None, description="redis://host:port[/db], rediss:// (TLS) or unix:///path.sock; None = in-process cache"
+    )
+    timeout_s: float = Field(2.0, gt=0, le=60, description="Redis connect/read timeout before falling back")
+
+    @model_validator(mode="after")
+    def _check(self) -> CacheConfig:
+        if self.redis_url is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.redis_url)
+            if parts.scheme not in REDIS_SCHEMES:
+                raise ValueError(f"cache.redis_url must be redis://, rediss:// or unix://..., got {self.redis_url!r}")
+            if parts.scheme != "unix" and not parts.hostname:
+                raise ValueError(f"cache.redis_url {self.redis_url!r} names no host")
+            if parts.scheme == "unix" and not parts.path:
+                raise ValueError(f"cache.redis_url {self.redis_url!r} names no socket path")
+        return self
 
 
 class Config(_Strict):
@@ -247,6 +291,7 @@ class Config(_Strict):
     ppo: PPOConfigModel = PPOConfigModel()
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
+    cache: CacheConfig = CacheConfig()
 
 
 class ConfigError(ValueError):

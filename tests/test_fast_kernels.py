@@ -103,10 +103,22 @@ def test_dispatch_is_by_function_identity_so_custom_modules_keep_their_code():
     custom = ModuleSpec("gamma", my_gamma, ("gamma",), (0.1,), (3.0,), ("exponent",), (1.0,), 1.0)
     reg = Registry((custom,))
     assert implementation(my_gamma, np) is my_gamma
-    assert implementation(m.gamma, np) is fast_cpu.gamma
+    assert implementation(m.gamma, np) is fast_cpu.KERNELS[m.gamma]
     assert implementation(m.gamma, np, "reference") is m.gamma
     img = np.full((1, 4, 4, 3), 0.8, np.float32)
     out = ISPExecutor(reg, np).run(img, np.array([[0]]), np.array([[0.5]], np.float32))
     np.testing.assert_allclose(out, 0.4)
     with pytest.raises(ValueError, match="kernels must be one of"):
         implementation(m.gamma, np, "turbo")
+
+
+def test_kernels_keep_to_the_cpu_share_ray_gives_a_worker(monkeypatch):
+    import numba
+
+    before = numba.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        fast_cpu.KERNELS[m.exposure](_hard_images(2, 8, 8, seed=9), np.zeros((2, 1), np.float32), np)
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)

@@ -44,11 +44,14 @@ class CompareConfig(_Strict):
         return self
 
 
-def load_compare(path: str | Path) -> tuple[CompareConfig, Config]:
-    """The comparison config and its base experiment config (the base path is relative to the repo root)."""
+def load_compare(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[CompareConfig, Config]:
+    """The comparison config (with top-level `overrides`, e.g. {"budget": "images"}) and its base config."""
     try:
-        ccfg = CompareConfig.model_validate(yaml.safe_load(Path(path).read_text()) or {})
-    except (OSError, yaml.YAMLError, ValidationError) as e:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a mapping, got {type(raw).__name__}")
+        ccfg = CompareConfig.model_validate({**raw, **(overrides or {})})
+    except (OSError, ValueError, yaml.YAMLError, ValidationError) as e:
         raise ConfigError(f"compare config {path} is invalid: {e}") from None
     return ccfg, load_config(ccfg.base)
 

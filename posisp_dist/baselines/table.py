@@ -73,7 +73,7 @@ def baseline_table(
         rows.append(
             {"method": kind, **task.evaluate(img, data.targets), "score": float(np.mean(task.score(img, data.targets)))}
         )
-    executor = ISPExecutor(registry, xp)
+    executor = ISPExecutor(registry, xp, cfg.isp.kernels)
     found = random_search(cfg, task, RawDataset(cfg.data.root, "val").load(), executor)
     img = run_fixed(executor, render_reference(data, "input_raw", xp), found["tokens"], found["params"])
     rows.append(

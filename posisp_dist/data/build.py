@@ -18,7 +18,8 @@ DATA_FORMAT_VERSION = 1  # bump when the generator changes, so cached datasets a
 
 
 def data_fingerprint(cfg: DataConfig, seed: int) -> str:
-    return fingerprint({"cfg": cfg.model_dump(exclude={"root"}), "seed": seed, "v": DATA_FORMAT_VERSION})
+    # where the shards live and how they travel to EnvRunners do not change their content
+    return fingerprint({"cfg": cfg.model_dump(exclude={"root", "transport"}), "seed": seed, "v": DATA_FORMAT_VERSION})
 
 
 def make_capture(cfg: DataConfig, seed: int, split_id: int, index: int) -> tuple[RawBatch, int]:

@@ -173,6 +173,24 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def assign_shards(n_shards: int, worker_index: int, num_workers: int) -> list[int]:
+    """Round-robin: worker k of n gets shards k, k+n, ... (all when n <= 1); wherever the shards are stored."""
+    if num_workers <= 1:
+        return list(range(n_shards))
+    k = worker_index % num_workers
+    mine = list(range(k, n_shards, num_workers))
+    return mine or [k % n_shards]  # more workers than shards: share round-robin
+
+
+def read_shard_bytes(data: Any, source: str) -> RawBatch:
+    """Decode one shard from its Parquet file's bytes (any buffer: bytes, a NumPy or object-store buffer)."""
+    try:
+        table = pq.read_table(pa.BufferReader(pa.py_buffer(data)), schema=SCHEMA)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"shard {source} is corrupt or unreadable: {e}") from None
+    return table_to_batch(table, source)
+
+
 class RawDataset:
     """One split of a shard directory; each Ray worker reads only its own shards."""
 
@@ -211,11 +229,7 @@ class RawDataset:
 
     def shards_for_worker(self, worker_index: int, num_workers: int) -> list[int]:
         """Round-robin shard assignment: worker k of n reads shards k, k+n, ... (all when n <= 1)."""
-        if num_workers <= 1:
-            return list(range(len(self.shard_paths)))
-        k = worker_index % num_workers
-        mine = list(range(k, len(self.shard_paths), num_workers))
-        return mine or [k % len(self.shard_paths)]  # more workers than shards: share round-robin
+        return assign_shards(len(self.shard_paths), worker_index, num_workers)
 
     def load(self, shards: Sequence[int] | None = None, limit: int | None = None) -> RawBatch:
         idx = range(len(self.shard_paths)) if shards is None else shards

@@ -14,6 +14,8 @@ matrices, knots) are prepared once per call with NumPy, so the kernels only touc
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -28,6 +30,7 @@ LR, LG, LB = (np.float32(c) for c in m.LUMA)
 LN2, INV_LN2, SQRT2 = np.float32(np.log(2.0)), np.float32(1.0 / np.log(2.0)), np.float32(np.sqrt(2.0))
 MANTISSA = np.float32(2.0**-23)
 BITS_EPS, BITS_ONE = np.int32(np.float32(m.EPS).view(np.int32)), np.int32(np.float32(1.0).view(np.int32))
+CHUNK = 2048  # floats per scratch chunk: two of them stay in L1
 NLM_ZMAX = np.float32(24.0)  # exp(-24) = 4e-11: beyond it an NLM weight is 0 next to the centre's 1
 
 TOLERANCE: dict[str, float] = {
@@ -145,18 +148,26 @@ def _gamma(bits: np.ndarray, g: np.ndarray, out_bits: np.ndarray) -> None:
 
 @_jit
 def _piecewise(x: np.ndarray, slopes: np.ndarray, out: np.ndarray) -> None:
-    """The tone curve as a sum of ramps, sum_k slope_k * clip(n x - k, 0, 1): no table gather, so it
-    vectorises; equal to knot[seg] + (n x - seg) * slope[seg] of the reference."""
+    """The tone curve as a sum of ramps, sum_k slope_k * clip(n x - k, 0, 1): no table gather, and each
+    ramp is one unit-stride pass over an L1-sized chunk, so every loop vectorises. Equal to the reference's
+    knot[seg] + (n x - seg) * slope[seg]."""
     n = slopes.shape[1]
     fn = np.float32(n)
     for b in nb.prange(x.shape[0]):
-        sb = slopes[b]
-        for i in range(x.shape[1]):
-            t = _clip(x[b, i]) * fn
-            acc = F0
+        sb, xb, ob = slopes[b], x[b], out[b]
+        t = np.empty(CHUNK, np.float32)
+        acc = np.empty(CHUNK, np.float32)
+        for start in range(0, xb.shape[0], CHUNK):
+            m = min(CHUNK, xb.shape[0] - start)
+            for i in range(m):
+                t[i] = _clip(xb[start + i]) * fn
+                acc[i] = F0
             for k in range(n):
-                acc += sb[k] * _clip(t - np.float32(k))
-            out[b, i] = _clip(acc)
+                s, fk = sb[k], np.float32(k)
+                for i in range(m):
+                    acc[i] += s * _clip(t[i] - fk)
+            for i in range(m):
+                ob[start + i] = _clip(acc[i])
 
 
 @_jit
@@ -335,16 +346,31 @@ def denoise(img: np.ndarray, params: np.ndarray, xp: ModuleType = np, search: in
     return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
 
 
+def _cpu_share(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run `fn` on this process's CPU share: Ray gives each worker its share in OMP_NUM_THREADS, while
+    Numba's pool would otherwise use every core of the node and oversubscribe it when several EnvRunners
+    share the node. Numba's setting is per calling thread, so it is applied on every call."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        share = os.environ.get("OMP_NUM_THREADS", "")
+        if share.isdigit():
+            nb.set_num_threads(max(1, min(int(share), nb.config.NUMBA_NUM_THREADS)))
+        return fn(*args, **kwargs)
+
+    return run
+
+
 # reference function -> fused kernel; dispatch is by identity so a re-registered module keeps its own code
 KERNELS: dict[Callable[..., Any], Callable[..., Any]] = {
-    m.exposure: exposure,
-    m.gamma: gamma,
-    m.ccm: ccm,
-    m.sharpen: sharpen,
-    m.denoise: denoise,
-    m.tone_curve: tone_curve,
-    m.contrast: contrast,
-    m.saturation_plus: saturation_plus,
-    m.desaturation: desaturation,
-    m.white_balance: white_balance,
+    m.exposure: _cpu_share(exposure),
+    m.gamma: _cpu_share(gamma),
+    m.ccm: _cpu_share(ccm),
+    m.sharpen: _cpu_share(sharpen),
+    m.denoise: _cpu_share(denoise),
+    m.tone_curve: _cpu_share(tone_curve),
+    m.contrast: _cpu_share(contrast),
+    m.saturation_plus: _cpu_share(saturation_plus),
+    m.desaturation: _cpu_share(desaturation),
+    m.white_balance: _cpu_share(white_balance),
 }

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from posisp_dist.tasks.base import Detections, Targets, to_torch_nchw
+from posisp_dist.tasks.base import Detections, Targets, state_dict_hash, to_torch_nchw
 from posisp_dist.tasks.metrics import coco_map, prediction_score
 
 
@@ -25,6 +25,16 @@ class _DetectorAdapter:
 
     def score(self, images: Any, targets: Targets) -> np.ndarray:
         return prediction_score(self.predict(images), targets)
+
+    def fingerprint(self) -> str | None:
+        """Weights plus settings (the score cache's task key); None when the model exposes no state_dict."""
+        state = getattr(getattr(self, "model", None), "state_dict", None)
+        if not callable(state):
+            return None
+        from posisp_dist.data.shards import fingerprint
+
+        settings = [type(self).__name__, self.classes, getattr(self, "label_offset", None)]
+        return fingerprint({"weights": state_dict_hash(self.model), "settings": settings})
 
     def evaluate(self, images: Any, targets: Targets) -> dict[str, float]:
         return coco_map(self.predict(images), targets, len(self.classes), tuple(images.shape[1:3]))

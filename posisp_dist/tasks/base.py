@@ -1,7 +1,13 @@
-"""The one interface every frozen task model offers to the rest of the system."""
+"""The one interface every frozen task model offers to the rest of the system.
+
+A model may also offer `fingerprint() -> str | None`: a stable hash of everything that decides its
+`score` (weights and score settings). The shared score cache keys reference scores and eval results by it;
+a model without one is simply not cached.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -42,3 +48,12 @@ def to_torch_nchw(images: Any, device: Any) -> Any:
     if t.ndim != 4 or t.shape[-1] != 3:
         raise ValueError(f"images must be shaped (B, H, W, 3), got {tuple(t.shape)}")
     return t.to(device=device, dtype=torch.float32).permute(0, 3, 1, 2).contiguous()
+
+
+def state_dict_hash(module: Any) -> str:
+    """Stable hash of a torch module's parameters and buffers (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        a = t.detach().cpu().contiguous().numpy() if hasattr(t, "detach") else np.asarray(t)
+        h.update(f"{name}|{a.dtype}|{a.shape}|".encode() + a.tobytes())
+    return h.hexdigest()[:16]

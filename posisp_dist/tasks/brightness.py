@@ -25,6 +25,10 @@ class BrightnessTarget:
             raise ValueError(f"brightness target must lie in (0, 1), got {target}")
         self.classes, self.target, self.scale, self.tolerance = list(classes), target, scale, tolerance
 
+    def fingerprint(self) -> str:
+        """Everything that changes `score` (the score cache's task key)."""
+        return f"brightness_target-{self.target!r}-{self.scale!r}"
+
     def mean_luminance(self, images: Any) -> np.ndarray:
         xp = array_module(images)
         lum = luminance(images, xp)

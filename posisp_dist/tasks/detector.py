@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from posisp_dist.config import TaskConfig
 from posisp_dist.data.shards import RawDataset, fingerprint
-from posisp_dist.tasks.base import Detections, Targets, to_torch_nchw
+from posisp_dist.tasks.base import Detections, Targets, state_dict_hash, to_torch_nchw
 from posisp_dist.tasks.centernet import CenterNet, decode, encode_targets, per_image_loss
 from posisp_dist.tasks.metrics import coco_map, prediction_score
 
@@ -47,6 +47,11 @@ class BuiltinDetector:
         if signal not in SIGNALS:
             raise ValueError(f"unknown task signal {signal!r}; expected one of {SIGNALS}")
         self.signal, self.detection_scale = signal, detection_scale
+
+    def fingerprint(self) -> str:
+        """Weights plus every setting that changes `score` (the score cache's task key)."""
+        settings = [self.classes, self.signal, self.loss_clip, self.detection_scale, self.score_threshold]
+        return fingerprint({"kind": "builtin_detector", "weights": state_dict_hash(self.net), "settings": settings})
 
     @property
     def n_params(self) -> int:
@@ -144,16 +149,22 @@ def load_or_train_detector(
     train = RawDataset(data_root, "train")
     path = detector_path(cfg, train)
     if path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net = CenterNet(len(train.classes), cfg.train.width)
-        net.load_state_dict(state)
-    else:
-        net, info = train_detector(cfg, train, progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(net.state_dict(), tmp)
-        tmp.replace(path)  # atomic: a killed run never leaves a half-written cache file
-        path.with_suffix(".json").write_text(json.dumps({**info, "classes": train.classes}, indent=2))
+        return detector_from_state(cfg, train.classes, torch.load(path, map_location="cpu", weights_only=True), device)
+    net, info = train_detector(cfg, train, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(net.state_dict(), tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written cache file
+    path.with_suffix(".json").write_text(json.dumps({**info, "classes": train.classes}, indent=2))
+    return detector_from_state(cfg, train.classes, net.state_dict(), device)
+
+
+def detector_from_state(
+    cfg: TaskConfig, classes: list[str], state: dict[str, torch.Tensor], device: str | None = None
+) -> BuiltinDetector:
+    """The frozen detector from a state dict, wherever it came from (the cache file or the object store)."""
+    net = CenterNet(len(classes), cfg.train.width)
+    net.load_state_dict(state)
     return BuiltinDetector(
-        net, train.classes, cfg.loss_clip, cfg.batch_size, cfg.score_threshold, device, cfg.signal, cfg.detection_scale
+        net, classes, cfg.loss_clip, cfg.batch_size, cfg.score_threshold, device, cfg.signal, cfg.detection_scale
     )

@@ -10,17 +10,23 @@ from ray.tune.registry import register_env
 
 from envs.factory import RLLIB_ENV_ID, make_env
 from posisp_dist.config import Config
+from posisp_dist.data.transport import Shipment
 from posisp_dist.policy.rl_module import SequencePolicyModule
 from posisp_dist.train.callbacks import ISPCallbacks
 
 
-def env_config(cfg: Config, split: str = "train") -> dict[str, Any]:
-    """What each EnvRunner receives: the whole (resolved) config as JSON-able data."""
-    return {"config": cfg.model_dump(mode="json"), "split": split}
+def env_config(cfg: Config, split: str = "train", shipment: Shipment | None = None) -> dict[str, Any]:
+    """What each EnvRunner receives: the whole (resolved) config as JSON-able data, and with
+    `data.transport: object_store` the object-store handles of the shards and task weights."""
+    out: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "split": split}
+    if shipment is not None:
+        out["shipment"] = shipment
+    return out
 
 
-def build_algo_config(cfg: Config) -> PPOConfig:
-    """Sequence-level PPO: one action = one whole pipeline, EnvRunners run batched vector envs."""
+def build_algo_config(cfg: Config, shipment: Shipment | None = None) -> PPOConfig:
+    """Sequence-level PPO: one action = one whole pipeline, EnvRunners run batched vector envs; `shipment`
+    (from `posisp_dist.data.transport.ship`) replaces the EnvRunners' disk reads."""
     register_env(RLLIB_ENV_ID, make_env)
     probe = make_env(env_config(cfg))  # spaces only: the data loads lazily at the first reset
     ppo, train = cfg.ppo, cfg.train
@@ -28,7 +34,7 @@ def build_algo_config(cfg: Config) -> PPOConfig:
         PPOConfig()
         .environment(
             RLLIB_ENV_ID,
-            env_config=env_config(cfg),
+            env_config=env_config(cfg, shipment=shipment),
             observation_space=probe.observation_space,
             action_space=probe.action_space,
             normalize_actions=False,  # params are already normalised to Box[0, 1]: no unsquashing
@@ -40,6 +46,7 @@ def build_algo_config(cfg: Config) -> PPOConfig:
             gym_env_vectorize_mode="vector_entry_point",  # our batched vector env: one ISP call per step
             num_cpus_per_env_runner=train.num_cpus_per_env_runner,
             num_gpus_per_env_runner=train.num_gpus_per_env_runner,
+            custom_resources_per_env_runner=dict(train.env_runner_resources),  # placement on chosen nodes
             rollout_fragment_length="auto",
         )
         .learners(num_learners=0, num_gpus_per_learner=train.num_gpus_per_learner)

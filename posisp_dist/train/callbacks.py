@@ -7,17 +7,38 @@ from typing import Any
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
 EPISODE_METRICS = ("task_score", "ref_score", "cost", "length")
+RESTART_METRIC = "fault/env_runner_restarted_"  # + worker index; summed per iteration
+_restart_reported = False  # once per EnvRunner process: RLlib may rebuild envs within one actor
+
+
+def _restarted_actor() -> bool:
+    """True in an EnvRunner actor that Ray has restarted (killed, OOM, lost node), False elsewhere.
+
+    Asked of Ray itself: RLlib 2.60 counts a restart (`num_remote_worker_restarts`) only once its own health
+    probe brings the actor back, names no worker, and starts from 0 again in a resumed driver."""
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return False
+    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 class ISPCallbacks(RLlibCallback):
     """`isp/*` metrics: per-episode task score, reference score, cost and length (means), and the
-    work counters of each EnvRunner (ISP module runs, kernel calls and task-model calls, sums)."""
+    work counters of each EnvRunner (ISP module runs, kernel calls and task-model calls, sums); and
+    `fault/env_runner_restarted_<k>` once from an EnvRunner that Ray restarted."""
 
-    def on_environment_created(self, *, env_runner: Any, env: Any, env_context: Any, **kwargs: Any) -> None:
+    def on_environment_created(
+        self, *, env_runner: Any, env: Any, env_context: Any, metrics_logger: Any = None, **kwargs: Any
+    ) -> None:
         bind = getattr(env, "bind_worker", None)
         if bind is not None:  # RLlib hands vector entry points no worker_index: give it here
             bind(env_context.worker_index, env_context.num_workers)
         self._last_counts: dict[str, int] = {}
+        global _restart_reported
+        if metrics_logger is not None and not _restart_reported and _restarted_actor():
+            _restart_reported = True  # the driver turns this into an MLflow event (train/driver.py)
+            metrics_logger.log_value(f"{RESTART_METRIC}{env_context.worker_index}", 1, reduce="sum")
 
     def on_episode_end(self, *, episode: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
         info = dict(episode.get_infos(-1))

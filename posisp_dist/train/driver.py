@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from posisp_dist.config import Config, flatten
+from posisp_dist.paths import resolve
 from posisp_dist.train.tracking import Tracker, default_tracking_uri, run_tags
 
 STATE_FILE = "driver_state.json"
 LAST_CKPT_TAG = "posisp.last_checkpoint"
-
 
 
 @dataclass
@@ -33,15 +34,18 @@ class DriverState:
     task_calls: int = 0
     task_images: int = 0
     train_seconds: float = 0.0
+    env_runner_restarts: int = 0
     last_metrics: dict[str, float] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)  # restarts and resumes, also in events.jsonl
 
 
 def resolve_paths(cfg: Config) -> Config:
-    """Absolute data, model and output paths, so Ray workers with another cwd find them."""
+    """Absolute data, model and output paths (relative ones under POSISP_HOME), so Ray workers with another
+    cwd find them and a Ray job's temporary working_dir does not swallow them."""
     raw = cfg.model_dump(mode="json")
-    raw["data"]["root"] = str(Path(cfg.data.root).resolve())
-    raw["task"]["cache_dir"] = str(Path(cfg.task.cache_dir).resolve())
-    raw["train"]["out_dir"] = str(Path(cfg.train.out_dir).resolve())
+    raw["data"]["root"] = str(resolve(cfg.data.root))
+    raw["task"]["cache_dir"] = str(resolve(cfg.task.cache_dir))
+    raw["train"]["out_dir"] = str(resolve(cfg.train.out_dir))
     return Config.model_validate(raw)
 
 
@@ -69,7 +73,7 @@ def iteration_metrics(result: dict[str, Any], state: DriverState) -> dict[str, f
         "isp/module_runs_total": state.module_runs,
         "isp/task_calls_total": state.task_calls,
         "isp/task_images_total": state.task_images,
-        "charts/env_runner_restarts": result.get("fault_tolerance", {}).get("num_remote_worker_restarts"),
+        "charts/env_runner_restarts": state.env_runner_restarts,  # lifetime, across resumes (RLlib's is per process)
     }
     out.update({k: v for k, v in runners.items() if k.startswith("isp/")})
     return {k: float(v) for k, v in out.items() if isinstance(v, int | float)}
@@ -140,11 +144,13 @@ def _ray_init(cfg: Config) -> bool:
 
 def _prepare(cfg: Config, progress: bool) -> None:
     """Build (or reuse) the dataset and the frozen task model once, before any EnvRunner needs them."""
+    from posisp_dist.cache import open_cache
     from posisp_dist.data.build import build_dataset
     from posisp_dist.tasks import load_task_model
 
     build_dataset(cfg.data, cfg.seed, progress=progress)
     load_task_model(cfg.task, cfg.data.root, progress=progress, device="cpu")
+    open_cache(cfg.cache)  # an unreachable cache.redis_url warns here, on the driver, before any EnvRunner starts
 
 
 def train(
@@ -155,8 +161,12 @@ def train(
     iterations: int | None = None,
     progress: bool = True,
     parent_run_id: str | None = None,
+    on_iteration: Callable[[Any, DriverState], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a PPO policy; returns a summary with the MLflow run id (nested under a parent if given)."""
+    """Train (or resume) a PPO policy; returns a summary with the MLflow run id (nested under a parent if given).
+
+    `on_iteration(algo, state)` runs after each iteration is checkpointed and logged (custom stopping, fault
+    injection in tests)."""
     from tqdm.auto import tqdm
 
     from posisp_dist.train.report import final_report, method_name
@@ -182,7 +192,7 @@ def train(
         _prepare(cfg, progress)
         started_ray = _ray_init(cfg)
         try:
-            summary = _train_loop(cfg, tracker, total, progress, tqdm)
+            summary = _train_loop(cfg, tracker, total, progress, tqdm, on_iteration)
             summary.update(final_report(cfg, tracker, summary["checkpoint"]))
             tracker.log_dict(summary, "summary.json")
         finally:
@@ -205,12 +215,20 @@ def _download_text(tracker: Tracker, run_id: str, path: str) -> str:
         return Path(tracker.download_artifacts(path, tmp, run_id=run_id)).read_text()
 
 
-def _train_loop(cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm: Any) -> dict[str, Any]:
+def _train_loop(
+    cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm: Any, on_iteration: Any = None
+) -> dict[str, Any]:
     from posisp_dist.train.algo_config import build_algo_config
+    from posisp_dist.train.runners import restart_events
 
     run_id = str(tracker.run_id)
     local = Checkpoints(Path(cfg.train.out_dir) / run_id / "checkpoints", cfg.train.keep_checkpoints)
-    algo = build_algo_config(cfg).build_algo()
+    shipment = None
+    if cfg.data.transport == "object_store":  # EnvRunners on other nodes read no disk: ship shards and weights
+        from posisp_dist.data.transport import ship
+
+        shipment = ship(cfg)
+    algo = build_algo_config(cfg, shipment).build_algo()
     state = DriverState()
     try:
         ckpt = find_resume_checkpoint(tracker, local)
@@ -220,6 +238,9 @@ def _train_loop(cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm:
             logged = {int(v) for _, v in tracker.history("charts/iteration")}
             if state.iteration and state.iteration not in logged:  # killed between checkpoint and log
                 tracker.log_metrics(state.last_metrics, step=state.env_steps)
+            state.events.append({"event": "resumed", "iteration": state.iteration, "time": time.time()})
+            _log_events(tracker, state)
+        first = state.iteration + 1
         bar = tqdm(total=total, initial=state.iteration, desc="sequence PPO", disable=not progress, unit="it")
         uploaded = None
         while state.iteration < total:
@@ -233,13 +254,20 @@ def _train_loop(cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm:
             state.task_calls += int(runners.get("isp/task_calls", 0) or 0)
             state.task_images += int(runners.get("isp/task_images", 0) or 0)
             state.train_seconds += time.perf_counter() - t0
+            restarts = restart_events(runners, state.iteration, state.env_steps)
+            state.env_runner_restarts += len(restarts)
+            state.events += restarts
             state.last_metrics = iteration_metrics(result, state)
             ckpt = local.save(algo, state)
             tracker.log_metrics(state.last_metrics, step=state.env_steps)
+            if restarts or state.iteration == first:
+                _log_events(tracker, state, algo)
             if state.iteration % cfg.train.checkpoint_every == 0 or state.iteration == total:
                 uploaded = _upload(tracker, ckpt)
             bar.update(1)
             bar.set_postfix(reward=f"{state.last_metrics.get('charts/episode_reward_mean', float('nan')):.3f}")
+            if on_iteration is not None:
+                on_iteration(algo, state)
             if _budget_spent(cfg, state):
                 break
         bar.close()
@@ -266,8 +294,23 @@ def _train_loop(cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm:
 def _budget_spent(cfg: Config, state: DriverState) -> bool:
     """Wall-clock (`train.time_budget_s`) or training-image (`train.image_budget`) budget reached."""
     t = cfg.train
-    return bool((t.time_budget_s and state.train_seconds >= t.time_budget_s)
-                or (t.image_budget and state.episodes >= t.image_budget))
+    return bool(
+        (t.time_budget_s and state.train_seconds >= t.time_budget_s)
+        or (t.image_budget and state.episodes >= t.image_budget)
+    )
+
+
+def _log_events(tracker: Tracker, state: DriverState, algo: Any = None) -> None:
+    """`events.jsonl` (EnvRunner restarts, resumes) and a restart-count tag; with `algo`, also where each
+    EnvRunner runs and what it reads (`env_runners.json`)."""
+    tracker.log_text("".join(json.dumps(e) + "\n" for e in state.events), "events.jsonl")
+    tracker.set_tags({"posisp.env_runner_restarts": str(state.env_runner_restarts)})
+    if algo is not None and algo.env_runner_group is not None and algo.config.num_env_runners > 0:
+        from posisp_dist.train.runners import describe_env_runners
+
+        placement = describe_env_runners(algo)
+        tracker.log_dict(placement, "env_runners.json")
+        tracker.set_tags({"posisp.env_runner_nodes": str(len({r["node_id"] for r in placement}))})
 
 
 def _upload(tracker: Tracker, ckpt: Path) -> str:

@@ -1,12 +1,61 @@
-"""`posisp eval`: the baseline rows plus the learned policy's greedy pipelines on a split."""
+"""`posisp eval`: the baseline rows plus the learned policy's greedy pipelines on a split.
+
+Both parts are pure functions of (data, task model, config, checkpoint, split), so they go through the
+shared score cache (`cache.redis_url`): a second `posisp eval` of the same checkpoint, on any machine that
+reaches the same Redis, reads the rows instead of recomputing them.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from posisp_dist.config import Config
 from posisp_dist.train.driver import fetch_run
+
+
+def policy_row(cfg: Config, ckpt: Path, split: str, res: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The learned policy's row: metrics and the greedy pipeline of every image of `split` (from `res`, a
+    `greedy_on_split` result, when the caller already has one)."""
+    from posisp_dist.train.report import greedy_on_split, method_name
+
+    res = res or greedy_on_split(cfg, ckpt, split)
+    core = res["core"]
+    per_image = [
+        {"image_id": int(i), "reward": round(float(r), 5), **core.executor.decode(t, p).to_json()}
+        for i, r, t, p in zip(core.batch.ids, res["rewards"], res["tokens"], res["params"], strict=True)
+    ]
+    return {
+        "method": method_name(cfg),
+        "map": res["map"],
+        "map50": res["map50"],
+        "score": res["score"],
+        "reward_mean": float(np.mean(res["rewards"])),
+        "pipelines": per_image,
+    }
+
+
+def policy_row_key(cfg: Config, ckpt: Path, split: str, task: Any) -> str | None:
+    """Cache key of the policy row: data, task model, code, split, the policy's weights and the rollout config."""
+    from posisp_dist.cache import checkpoint_fingerprint, eval_key
+    from posisp_dist.data.shards import RawDataset
+    from posisp_dist.train.inference import MODULE_SUBDIR
+
+    data_fp = RawDataset(cfg.data.root, split).fingerprint
+    parts = {"checkpoint": checkpoint_fingerprint(ckpt, MODULE_SUBDIR), "env": cfg.env.model_dump()}
+    return eval_key("policy", data_fp, split, task, **parts, isp=cfg.isp.model_dump(), policy=cfg.policy.model_dump())
+
+
+def remember_policy_row(cfg: Config, ckpt: Path, split: str, res: dict[str, Any]) -> None:
+    """Share a row computed elsewhere (training's final val report), so `posisp eval` of it is a cache hit."""
+    from posisp_dist.cache import open_cache
+
+    key = policy_row_key(cfg, ckpt, split, res["core"].task)
+    if key is not None:
+        open_cache(cfg.cache).put_json(key, json.loads(json.dumps(policy_row(cfg, ckpt, split, res))))
 
 
 def evaluate_run(
@@ -15,34 +64,23 @@ def evaluate_run(
     """Rows {method, map, map50, score} for the baselines (unless `baselines=False`) and the learned policy;
     logged to the run as well."""
     from posisp_dist.baselines.table import baseline_table
+    from posisp_dist.cache import cached_json, eval_key, open_cache
+    from posisp_dist.data.shards import RawDataset
     from posisp_dist.isp.xp import get_xp
     from posisp_dist.tasks import load_task_model
-    from posisp_dist.train.report import greedy_on_split, method_name
 
     cfg, ckpt, tracker = fetch_run(run_id, tracking_uri)
+    task = load_task_model(cfg.task, cfg.data.root, progress=progress)
+    cache = open_cache(cfg.cache)
     rows: list[dict[str, Any]] = []
     if baselines:
-        task = load_task_model(cfg.task, cfg.data.root, progress=progress)
-        rows = baseline_table(cfg, task, split, get_xp(cfg.isp.backend))
-    res = greedy_on_split(cfg, ckpt, split)
-    core = res["core"]
-    per_image = [
-        {"image_id": int(i), "reward": round(float(r), 5), **core.executor.decode(t, p).to_json()}
-        for i, r, t, p in zip(core.batch.ids, res["rewards"], res["tokens"], res["params"], strict=True)
-    ]
-    rows.append(
-        {
-            "method": method_name(cfg),
-            "map": res["map"],
-            "map50": res["map50"],
-            "score": res["score"],
-            "reward_mean": float(np.mean(res["rewards"])),
-            "checkpoint": str(ckpt),
-            "pipelines": per_image,
-        }
-    )
+        parts = {"baselines": cfg.baselines.model_dump(), "isp": cfg.isp.model_dump()}
+        key = eval_key("baselines", RawDataset(cfg.data.root, split).fingerprint, split, task, **parts)
+        rows = cached_json(cache, key, lambda: baseline_table(cfg, task, split, get_xp(cfg.isp.backend)))
+    row = cached_json(cache, policy_row_key(cfg, ckpt, split, task), lambda: policy_row(cfg, ckpt, split))
+    rows.append({**row, "checkpoint": str(ckpt)})
     payload = {"run_id": run_id, "split": split, "rows": rows}
     tracker.attach(run_id)
     tracker.log_dict(payload, f"eval/{split}.json")
-    tracker.log_metrics({f"eval/{split}_map": res["map"], f"eval/{split}_map50": res["map50"]}, step=0)
+    tracker.log_metrics({f"eval/{split}_map": rows[-1]["map"], f"eval/{split}_map50": rows[-1]["map50"]}, step=0)
     return payload

@@ -49,10 +49,12 @@ def stepwise_steps(cfg: Config) -> int | None:
 
 def final_report(cfg: Config, tracker: Tracker, checkpoint: str | Path) -> dict[str, Any]:
     """Log val metrics, best_pipelines.json, learning_curve.png and isp_grid.png to the run."""
+    from posisp_dist.train.evaluate import remember_policy_row
     from posisp_dist.train.figures import learning_curve_png
     from posisp_dist.train.inference import pipeline_summary
 
     res = greedy_on_split(cfg, checkpoint, "val")
+    remember_policy_row(cfg, Path(checkpoint), "val", res)  # `posisp eval --split val` of it: a cache hit
     core = res["core"]
     summary = pipeline_summary(core.executor, res["tokens"], res["params"], res["rewards"])
     summary["per_image"] = [

@@ -20,6 +20,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 
+from posisp_dist.paths import resolve
+
 PARAMS_PER_BATCH = 100  # MLflow's limit for params (and tags) in one log_batch
 METRICS_PER_BATCH = 1000  # MLflow's limit for metrics in one log_batch
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer param values
@@ -73,7 +75,7 @@ class Tracker:
                 artifact_root = str(db.parent / "artifacts")
         location = artifact_root
         if artifact_root and "://" not in artifact_root:
-            location = Path(artifact_root).resolve().as_uri()
+            location = resolve(artifact_root).as_uri()
         try:
             self.client = MlflowClient(tracking_uri=uri)
             self.experiment_id = self._experiment(experiment, location)
@@ -256,6 +258,15 @@ def run_tags(backend: str, device: str) -> dict[str, str]:
     return tags
 
 
-def default_tracking_uri(root: str | Path = ".posisp/mlflow") -> str:
-    """sqlite URI of root/mlflow.db, absolute."""
-    return "sqlite:///" + str((Path(root) / "mlflow.db").resolve())
+def default_tracking_uri(root: str | Path | None = None) -> str:
+    """sqlite URI of root/mlflow.db, absolute (relative roots live under `POSISP_HOME`, else the CWD).
+
+    Without a root, `MLFLOW_TRACKING_URI` wins when set (MLflow's own convention, handy for Ray jobs), else
+    the store is `.posisp/mlflow/mlflow.db`.
+    """
+    if root is None:
+        env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+        if env_uri:
+            return env_uri
+        root = ".posisp/mlflow"
+    return "sqlite:///" + str(resolve(Path(root) / "mlflow.db"))
