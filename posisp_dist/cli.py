@@ -181,6 +181,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from posisp_dist.baselines.compare import load_compare, run_compare
 
     overrides = {"budget": args.budget} if args.budget else {}
+    if args.seeds:
+        overrides["seeds"] = args.seeds
     ccfg, base = load_compare(args.config, overrides)
     payload = run_compare(ccfg, base, args.out, progress=not args.quiet)
     print(payload["table"])
@@ -259,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--config", required=True, help="comparison YAML (e.g. configs/compare.yaml)")
     cp.add_argument("--out", default="out/compare", help="directory for compare.md and compare.png")
     cp.add_argument("--budget", choices=("wall_clock", "images"), help="override the config's equal budget")
+    cp.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
     cp.add_argument("--json", help="write every row and the aggregate to this JSON file")
     cp.add_argument("--quiet", action="store_true")
     cp.set_defaults(fn=cmd_compare)

@@ -22,6 +22,13 @@ def test_every_compare_config_loads_and_names_known_methods():
         assert set(ccfg.methods) <= set(METHODS) and base.isp.modules
 
 
+def test_cli_overrides_pick_the_other_budget_and_the_seeds():
+    ccfg, _ = load_compare(REPO / "configs" / "compare.yaml", {"budget": "images", "seeds": [3]})
+    assert ccfg.budget == "images" and ccfg.seeds == (3,) and ccfg.images >= 1
+    with pytest.raises(ConfigError, match="budget"):
+        load_compare(REPO / "configs" / "compare.yaml", {"budget": "flops"})
+
+
 def test_broken_compare_configs_name_the_cause(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text("methods: [sequence_ppo, alphago]\n")
