@@ -31,7 +31,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _listening(host: str, port: int) -> bool:
+def listening(host: str, port: int) -> bool:
+    """True when something accepts TCP connections at host:port."""
     try:
         with socket.create_connection((host, port), timeout=1):
             return True
@@ -88,7 +89,7 @@ class RayHead:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ray start exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            if _listening(self.host, self.port) and (self.dashboard_url is None or _dashboard_up(self.dashboard_url)):
+            if listening(self.host, self.port) and (self.dashboard_url is None or _dashboard_up(self.dashboard_url)):
                 return self
             time.sleep(0.5)
         self.stop()

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import ray  # noqa: F401  (puts Ray's vendored psutil on sys.path)
 import redis
+from ray_head import listening
 from redis_server import RedisServer, free_port
 
 NAMESPACE = "posisp-gcs-ft"
@@ -46,16 +47,6 @@ n, pid = ray.get(counter.incr.remote(), timeout=60)
 alive = sum(node["Alive"] for node in ray.nodes())
 print(json.dumps({"n": n, "pid": pid, "alive_nodes": alive}))
 """
-
-
-def listening(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def wait_for(cond, timeout_s: float, what: str) -> None:

@@ -108,7 +108,9 @@ def _s_curve(lum: float) -> float:
 
 
 # Per-pixel kernels index flat (B, H*W*3) rows as 3 * p + c: with the literal stride LLVM sees the channel
-# interleave and vectorises across pixels (a (B, N, 3) view hides the 3 behind a runtime stride).
+# interleave and vectorises across pixels (a (B, N, 3) view hides the 3 behind a runtime stride). The three
+# channel stores are written out in each kernel on purpose: moved into a shared helper that takes `out`, the
+# loops stop vectorising (checked with `inspect_asm`).
 
 
 @_jit
