@@ -128,8 +128,8 @@ def test_local_autoscaling_adds_a_worker_node_when_envrunners_need_more_cpus(tmp
     try:
         t0 = time.monotonic()
         out = subprocess.run(
-            [sys.executable, "-c", AUTOSCALE_DRIVER], capture_output=True, text=True, timeout=150,
-            env={**_env(), "HEAD": head.address, "WAIT_S": "100"},
+            [sys.executable, "-c", AUTOSCALE_DRIVER], capture_output=True, text=True, timeout=300,
+            env={**_env(), "HEAD": head.address, "WAIT_S": "240"},
         )  # fmt: skip
         assert out.returncode == 0, out.stderr[-6000:] + _monitor_log(head)
         seen = json.loads(out.stdout.strip().splitlines()[-1])
