@@ -25,6 +25,19 @@ OBJECT_STORE_BYTES = 150 * 1024 * 1024  # each raylet's plasma store; Ray's defa
 CLIENT_ENV = {"RAY_AUTH_MODE": "disabled"}
 
 
+RESULT = "POSISP-RESULT "  # a driver prints its answer after this tag; Ray may print more lines after it
+
+
+def driver_result(stdout: str) -> dict:
+    """The JSON a test driver printed after `RESULT`. Ray interleaves its own lines on the driver's stdout
+    (e.g. the autoscaler's `(autoscaler +9s) Resized to 2 CPUs.`), so the last line is not always ours."""
+    import json
+
+    tagged = [line[len(RESULT) :] for line in stdout.splitlines() if line.startswith(RESULT)]
+    assert len(tagged) == 1, f"expected one {RESULT!r} line in the driver's stdout:\n{stdout[-3000:]}"
+    return json.loads(tagged[0])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))  # free on every interface

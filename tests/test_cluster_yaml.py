@@ -4,7 +4,6 @@ actors ask for more CPUs than the head holds."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray_head import CLIENT_ENV, RayHead
+from ray_head import CLIENT_ENV, RayHead, driver_result
 
 from posisp_dist.cluster import ClusterConfigError, validate_cluster_yaml
 from posisp_dist.config import load_config
@@ -109,8 +108,9 @@ class Runner:
 
 runners = [Runner.remote() for _ in range(2)]
 nodes = ray.get([r.node.remote() for r in runners], timeout=float(os.environ["WAIT_S"]))
-print(json.dumps({"before": before, "after": sum(n["Alive"] for n in ray.nodes()), "runner_nodes": nodes,
-                  "driver_node": ray.get_runtime_context().get_node_id()}))
+seen = {"before": before, "after": sum(n["Alive"] for n in ray.nodes()), "runner_nodes": nodes,
+        "driver_node": ray.get_runtime_context().get_node_id()}
+print("POSISP-RESULT", json.dumps(seen))
 """
 
 
@@ -132,7 +132,7 @@ def test_local_autoscaling_adds_a_worker_node_when_envrunners_need_more_cpus(tmp
             env={**_env(), "HEAD": head.address, "WAIT_S": "240"},
         )  # fmt: skip
         assert out.returncode == 0, out.stderr[-6000:] + _monitor_log(head)
-        seen = json.loads(out.stdout.strip().splitlines()[-1])
+        seen = driver_result(out.stdout)
     finally:
         head.stop()
     assert seen["before"] == 1  # the head alone: 1 CPU for 2 one-CPU runners

@@ -10,7 +10,6 @@ that session (and the restarted GCS) by id: never `ray stop`, which would stop e
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 import ray  # noqa: F401  (puts Ray's vendored psutil on sys.path)
 import redis
-from ray_head import listening
+from ray_head import driver_result, listening
 from redis_server import RedisServer, free_port
 
 NAMESPACE = "posisp-gcs-ft"
@@ -45,7 +44,7 @@ else:
     counter = ray.get_actor("ft-counter")
 n, pid = ray.get(counter.incr.remote(), timeout=60)
 alive = sum(node["Alive"] for node in ray.nodes())
-print(json.dumps({"n": n, "pid": pid, "alive_nodes": alive}))
+print("POSISP-RESULT", json.dumps({"n": n, "pid": pid, "alive_nodes": alive}))
 """
 
 
@@ -119,7 +118,7 @@ class FTHead:
         out = subprocess.run([sys.executable, "-c", DRIVER, self.address, mode], env=env, capture_output=True,
                              text=True, timeout=120)  # fmt: skip
         assert out.returncode == 0, out.stderr[-3000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return driver_result(out.stdout)
 
     def stop(self) -> None:
         import psutil

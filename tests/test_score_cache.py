@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from ray_head import driver_result
 from redis_server import RedisServer, free_port
 
 from envs.core import ISPTaskCore
@@ -241,7 +242,7 @@ import json, sys
 from envs.factory import CoreSource
 from posisp_dist.config import Config
 core = CoreSource(Config.model_validate(json.loads(sys.argv[1])), "val").get()
-print(json.dumps({"ref_task_images": core.ref_task_images, "ref": core.ref_score.tolist()}))
+print("POSISP-RESULT", json.dumps({"ref_task_images": core.ref_task_images, "ref": core.ref_score.tolist()}))
 """
 
 
@@ -264,7 +265,7 @@ def test_a_second_job_in_another_process_reuses_the_workers_scores(tiny_cfg, tin
         timeout=120,
         check=True,
     )
-    second = json.loads(out.stdout.strip().splitlines()[-1])
+    second = driver_result(out.stdout)
     assert second["ref_task_images"] == 0
     np.testing.assert_array_equal(second["ref"], first.ref_score)
     reset_open_caches()
