@@ -54,6 +54,9 @@ def test_isp_bench_has_every_module_for_both_kernel_sets():
         ops = {r["op"] for r in rows if r.get("kernels") == kind}
         assert ops == set(R.names) | {"full_pipeline"}
     assert all(0 < r["fraction_of_memcpy"] for r in rows if "fraction_of_memcpy" in r)
+    assert {r["op"] for r in rows if "kernels" not in r} == {"memcpy", "memcpy_parallel"}
+    measured = {(r["kernels"], r["gb_measured"]) for r in rows if "gb_measured" in r}
+    assert measured == {("fast", "into a buffer"), ("reference", "allocating its output")}
 
 
 def test_fused_kernels_allocate_less_than_the_reference():

@@ -76,6 +76,35 @@ def test_gamma_polynomials_cover_the_exponent_range():
         np.testing.assert_allclose(fast_cpu.gamma(x, p), m.gamma(x, p, np), atol=fast_cpu.TOLERANCE["gamma"])
 
 
+def test_log2_and_exp2_keep_their_stated_error_bounds():
+    x = np.geomspace(np.float32(1e-7), np.float32(1.0), 2001, dtype=np.float32)
+    x = np.concatenate([x, np.float32(2.0) ** np.arange(-30, 1, dtype=np.float32) * np.float32(np.sqrt(0.5))])
+    got = np.array([fast_cpu._log2(v) for v in x])
+    assert np.abs(got - np.log2(x.astype(np.float64))).max() < 3e-6  # mantissa ends around sqrt(1/2) included
+    y = np.concatenate([np.linspace(-126.0, 0.0, 4001, dtype=np.float32), np.float32([-3.0, -1e-9])])
+    got = np.array([fast_cpu._exp2(v) for v in y])
+    assert np.abs(got / np.exp2(y.astype(np.float64)) - 1).max() < 6e-7
+
+
+def test_pointwise_modules_write_into_a_given_buffer():
+    img = _hard_images(3, 16, 20, seed=10)
+    for fn, spec in [(fast_cpu.KERNELS[s.fn], s) for s in SPECS if s.name not in ("sharpen", "denoise")]:
+        p = _params(spec, 3, seed=11)
+        out = np.full(img.shape, -1.0, np.float32)
+        assert fast_cpu.__dict__[fn.__name__](img, p, out=out) is out
+        np.testing.assert_array_equal(out, fn(img, p, np), err_msg=spec.name)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        fast_cpu.gamma(img, np.ones((3, 1), np.float32), out=np.empty((3, 16, 20, 3), np.float64))
+
+
+def test_tone_curve_with_other_than_eight_segments_falls_back_to_the_reference():
+    img = _hard_images(2, 8, 8, seed=12)
+    p = np.random.default_rng(12).uniform(0.5, 2.0, (2, 5)).astype(np.float32)
+    out = np.empty_like(img)
+    assert fast_cpu.tone_curve(img, p, out=out) is out
+    np.testing.assert_allclose(out, m.tone_curve(img, p, np), atol=1e-6)
+
+
 def test_denoise_strong_filtering_flattens_noise_like_the_reference():
     rng = np.random.default_rng(7)
     img = np.clip(0.5 + 0.1 * rng.standard_normal((1, 40, 40, 3)), 0, 1).astype(np.float32)

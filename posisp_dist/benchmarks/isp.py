@@ -3,12 +3,14 @@ for the fused kernels and the reference array code on every backend present."""
 
 from __future__ import annotations
 
+import inspect
 import platform
 import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import numba as nb
 import numpy as np
 
 from posisp_dist.isp.executor import ISPExecutor
@@ -45,9 +47,14 @@ def bench_size(
     img = xp.asarray(np.random.default_rng(0).random((batch, size, size, 3), dtype=np.float32))
     base = {"backend": xp.__name__, "size": size, "batch": batch}
     dst = xp.empty_like(img)
-    t_copy = _timeit(lambda: xp.copyto(dst, img), xp, min_time)
-    copy_gbs = 2 * img.nbytes / t_copy / 1e9  # read + write
-    rows = [{**base, "op": "memcpy", "seconds": t_copy, "images_per_s": batch / t_copy, "gb_per_s": copy_gbs}]
+    copies = {"memcpy": lambda: xp.copyto(dst, img)}  # one thread on the CPU
+    if xp.__name__ == "numpy":
+        copies["memcpy_parallel"] = lambda: _parallel_copy(img.reshape(batch, -1), dst.reshape(batch, -1))
+    rows = []
+    for op, copy in copies.items():
+        t = _timeit(copy, xp, min_time)
+        rows.append({**base, "op": op, "seconds": t, "images_per_s": batch / t, "gb_per_s": 2 * img.nbytes / t / 1e9})
+    copy_gbs = max(r["gb_per_s"] for r in rows)  # the copy bandwidth: the faster of the two copies
     mid = xp.asarray(np.tile((registry.vector("low") + registry.vector("high")) / 2, (batch, 1)).astype(np.float32))
     tokens = np.tile(np.arange(registry.n_modules), (batch, 1))
     params = np.full((batch, registry.n_params), 0.5, np.float32)
@@ -59,13 +66,26 @@ def bench_size(
             t = _timeit(lambda fn=fn, p=p: fn(img, p, xp), xp, min_time)
             row = {**base, "kernels": kind, "op": spec.name, "seconds": t, "images_per_s": batch / t}
             if spec.name in POINTWISE:
+                # bandwidth of the kernel alone where it can write into a buffer: on the CPU a fresh output
+                # over 32 MB comes from mmap, and its page faults would be timed too (CuPy allocates from a pool)
+                into = "out" in inspect.signature(fn).parameters
+                if into:
+                    t = _timeit(lambda fn=fn, p=p: fn(img, p, xp, out=dst), xp, min_time)
                 row["gb_per_s"] = 2 * img.nbytes / t / 1e9
                 row["fraction_of_memcpy"] = row["gb_per_s"] / copy_gbs
+                row["gb_measured"] = "into a buffer" if into else "allocating its output"
             rows.append(row)
         ex = ISPExecutor(registry, xp, kind)
         t = _timeit(lambda ex=ex: ex.run(img, tokens, params), xp, min_time)
         rows.append({**base, "kernels": kind, "op": "full_pipeline", "seconds": t, "images_per_s": batch / t})
     return rows
+
+
+@nb.njit(parallel=True, nogil=True, cache=True)
+def _parallel_copy(src: np.ndarray, dst: np.ndarray) -> None:
+    """dst[:] = src with one thread per image row block, as the fused kernels run."""
+    for b in nb.prange(src.shape[0]):
+        dst[b] = src[b]
 
 
 def run(
@@ -99,6 +119,7 @@ def format_rows(result: dict[str, Any]) -> str:
     ]
     for r in result["rows"]:
         gbs = f"{r['gb_per_s']:.2f}" if "gb_per_s" in r else ""
+        gbs += " (alloc)" if r.get("gb_measured") == "allocating its output" else ""
         frac = f"{100 * r['fraction_of_memcpy']:.0f}%" if "fraction_of_memcpy" in r else ""
         lines.append(
             f"| {r['backend']} | {r.get('kernels', '')} | {r['size']} | {r['batch']} | {r['op']} "

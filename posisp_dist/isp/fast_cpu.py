@@ -3,10 +3,10 @@
 Each kernel computes what its reference in `modules.py` computes, in one loop over pixels that LLVM
 vectorises (AVX2/AVX-512), instead of several NumPy passes with temporaries. Two things keep the loops
 vectorisable: `error_model="numpy"` (no zero-division branch per element) and no libm calls: the
-transcendentals are short polynomials (log2/exp2 on the float's exponent and mantissa bits for gamma, a
-sine polynomial for the contrast S-curve, exp(-z) = (e^(-z/32))^32 for the NLM weights). `TOLERANCE`
-states the largest absolute difference from the reference allowed per module; the tests check it on
-random images with random parameters over the whole range, the range ends included.
+transcendentals are short polynomials: log2 and exp2 split into a float's exponent bits and a fitted
+polynomial of its mantissa (gamma; the NLM weights as exp(-z) = 2**(-z log2 e)), and a sine polynomial for
+the contrast S-curve. `TOLERANCE` states the largest absolute difference from the reference allowed per
+module; the tests check it on random images with random parameters over the whole range, ends included.
 
 Parameters arrive in physical units, exactly as for the reference functions; per-image constants (gains,
 matrices, knots) are prepared once per call with NumPy, so the kernels only touch pixels.
@@ -22,28 +22,30 @@ from typing import Any
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from posisp_dist.isp import modules as m
 
 F0, F1, HALF, EPS = np.float32(0.0), np.float32(1.0), np.float32(0.5), np.float32(m.EPS)
 LR, LG, LB = (np.float32(c) for c in m.LUMA)
-LN2, INV_LN2, SQRT2 = np.float32(np.log(2.0)), np.float32(1.0 / np.log(2.0)), np.float32(np.sqrt(2.0))
-MANTISSA = np.float32(2.0**-23)
-BITS_EPS, BITS_ONE = np.int32(np.float32(m.EPS).view(np.int32)), np.int32(np.float32(1.0).view(np.int32))
-CHUNK = 2048  # floats per scratch chunk: two of them stay in L1
+Out = np.ndarray | None  # the point-wise modules' optional output buffer, see `_per_pixel`
+TONE_SEGMENTS = 8  # the tone curve's segments, a compile-time constant so that the kernel's ramps unroll
+LOG2E = np.float32(np.log2(np.e))
 NLM_ZMAX = np.float32(24.0)  # exp(-24) = 4e-11: beyond it an NLM weight is 0 next to the centre's 1
 
 TOLERANCE: dict[str, float] = {
     "exposure": 1e-6,
     "white_balance": 1e-6,
     "ccm": 1e-5,
-    "gamma": 1e-5,  # log2/exp2 polynomials: relative error ~1e-6
+    "gamma": 1e-5,  # log2/exp2 polynomials
     "tone": 1e-5,
     "contrast": 1e-5,  # sine polynomial
     "saturation": 1e-5,
     "desaturation": 1e-6,
     "sharpen": 1e-5,
-    "denoise": 1e-4,  # exp polynomial (relative error ~1e-6); weights below exp(-24) dropped
+    "denoise": 1e-4,  # exp2 polynomial (relative error < 6e-7); weights below exp(-24) dropped
 }
 
 _OPTS = {"fastmath": True, "error_model": "numpy", "cache": True}
@@ -56,44 +58,75 @@ def _clip(v: float) -> float:
     return min(max(v, F0), F1)
 
 
-@_inline
-def _log2_bits(bits: int) -> float:
-    """log2 of a positive normal float32 given its bits: exponent + log2(mantissa), |error| < 1e-6."""
-    e = np.float32((bits >> 23) - 127)
-    mnt = np.float32(bits & 0x7FFFFF) * MANTISSA + F1
-    big = mnt > SQRT2  # centre the mantissa on 1 so that the series below converges fast
-    mnt = HALF * mnt if big else mnt
-    e = e + F1 if big else e
-    s = (mnt - F1) / (mnt + F1)  # ln(m) = 2 atanh(s), |s| < 0.172
-    s2 = s * s
-    p = np.float32(0.4) + s2 * (np.float32(2 / 7) + s2 * np.float32(2 / 9))
-    return e + s * (np.float32(2.0) + s2 * (np.float32(2 / 3) + s2 * p)) * INV_LN2
+def _fit(fn: Callable[[np.ndarray], np.ndarray], lo: float, hi: float, degree: int) -> tuple[np.float32, ...]:
+    """Power-series coefficients (constant first) of the least-squares Chebyshev fit of fn on [lo, hi]."""
+    u = np.linspace(lo, hi, 4096)
+    fit = np.polynomial.Chebyshev.fit(u, fn(u), degree, domain=[lo, hi])
+    power = fit.convert(kind=np.polynomial.Polynomial, domain=[lo, hi], window=[lo, hi])  # coefficients in u
+    return tuple(np.float32(c) for c in power.coef)
+
+
+# log2(m) = u * L(u), u = m - 1, m in [sqrt(1/2), sqrt(2)), and exp2(f) = E(f), f in [0, 1): fitted once at
+# import (Numba freezes them as constants). In float32 the tests see |log2 error| < 3e-6 (mostly the rounding
+# of e + u L(u) for |e| near 20) and a relative exp2 error < 6e-7 (a few ulps).
+_U_LO, _U_HI = float(np.sqrt(0.5)) - 1, float(np.sqrt(2.0)) - 1
+L0, L1, L2, L3, L4, L5, L6 = _fit(lambda u: np.log2(1 + u) / u, _U_LO, _U_HI, 6)  # the grid skips u = 0
+E0, E1, E2, E3, E4, E5 = _fit(np.exp2, 0.0, 1.0, 5)
+I32, F32 = ir.IntType(32), ir.FloatType()
+SQRT_HALF_BITS = int(np.float32(np.sqrt(0.5)).view(np.int32))
+
+
+# Two bit-level helpers as LLVM IR: Numba widens integer arithmetic to int64 and has no scalar bitcast, and
+# either stops the float32 loops from vectorising at full width. In IR both are a few 32-bit lane operations.
+@intrinsic
+def _frexp_centred(typingctx, x):  # noqa: ANN001
+    """x -> (e, m), x = m * 2**e with m in [sqrt(1/2), sqrt(2)), for a positive normal float32."""
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        off = ir.Constant(I32, SQRT_HALF_BITS)
+        t = builder.sub(builder.bitcast(args[0], I32), off)  # subtracting sqrt(1/2)'s bits centres m on 1
+        e = builder.sitofp(builder.ashr(t, ir.Constant(I32, 23)), F32)
+        mnt = builder.bitcast(builder.add(builder.and_(t, ir.Constant(I32, 0x7FFFFF)), off), F32)
+        return context.make_tuple(builder, signature.return_type, [e, mnt])
+
+    return types.UniTuple(types.float32, 2)(types.float32), codegen
+
+
+@intrinsic
+def _ldexp(typingctx, p, k):  # noqa: ANN001
+    """p * 2**k for an integral float32 k, by adding k to p's exponent bits (the result must stay normal)."""
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        shift = builder.shl(builder.fptosi(args[1], I32), ir.Constant(I32, 23))
+        return builder.bitcast(builder.add(builder.bitcast(args[0], I32), shift), F32)
+
+    return types.float32(types.float32, types.float32), codegen
 
 
 @_inline
-def _exp2_bits(y: float) -> int:
-    """The bits of the float32 2**y for y in [-126, 0]: 2**floor(y) in the exponent, 2**frac by Taylor."""
+def _log2(x: float) -> float:
+    """log2 of a positive normal float32, |error| < 3e-6."""
+    e, mnt = _frexp_centred(x)
+    u = mnt - F1
+    u2 = u * u  # Estrin's scheme: a shorter dependency chain than Horner's
+    p = (L0 + L1 * u) + u2 * (L2 + L3 * u) + u2 * u2 * ((L4 + L5 * u) + u2 * L6)
+    return e + u * p
+
+
+@_inline
+def _exp2(y: float) -> float:
+    """2**y for y >= -126 (smaller y is clamped there), relative error < 6e-7."""
     y = max(y, np.float32(-126.0))
     k = np.floor(y)
-    f = (y - k) * LN2
-    p = np.float32(1 / 24) + f * (np.float32(1 / 120) + f * (np.float32(1 / 720) + f * np.float32(1 / 5040)))
-    p = F1 + f * (F1 + f * (HALF + f * (np.float32(1 / 6) + f * p)))
-    # a mantissa that rounds up to 2**23 carries into the exponent, which is still the right value
-    return ((np.int32(k) + np.int32(127)) << np.int32(23)) + np.int32((p - F1) * np.float32(8388608.0) + HALF)
+    f = y - k
+    f2 = f * f
+    return _ldexp((E0 + E1 * f) + f2 * (E2 + E3 * f) + f2 * f2 * (E4 + E5 * f), k)
 
 
 @_inline
 def _exp_neg(z: float) -> float:
-    """exp(-z) for z >= 0 as (e^u)^32, u = -min(z, 24)/32 in [-0.75, 0]; relative error ~1e-6."""
-    u = -min(z, NLM_ZMAX) * np.float32(1 / 32)
-    p = np.float32(1 / 120) + u * (np.float32(1 / 720) + u * (np.float32(1 / 5040) + u * np.float32(1 / 40320)))
-    p = F1 + u * (F1 + u * (HALF + u * (np.float32(1 / 6) + u * (np.float32(1 / 24) + u * p))))
-    p = p * p
-    p = p * p
-    p = p * p
-    p = p * p
-    p = p * p
-    return p if z < NLM_ZMAX else F0
+    """exp(-z) for z >= 0 as 2**(-z log2 e), relative error < 6e-7; 0 from z = 24 on."""
+    return _exp2(-min(z, NLM_ZMAX) * LOG2E) if z < NLM_ZMAX else F0
 
 
 @_inline
@@ -140,36 +173,29 @@ def _matrix(x: np.ndarray, mat: np.ndarray, out: np.ndarray) -> None:
 
 
 @_jit
-def _gamma(bits: np.ndarray, g: np.ndarray, out_bits: np.ndarray) -> None:
-    """out = max(x, EPS) ** g clipped, as 2**(g log2 x) on float32 bits (x clamped to [EPS, 1])."""
-    for b in nb.prange(bits.shape[0]):
+def _gamma(x: np.ndarray, g: np.ndarray, out: np.ndarray) -> None:
+    """out = clip(max(x, EPS) ** g) as 2**(g log2 x), x clamped to [EPS, 1]."""
+    for b in nb.prange(x.shape[0]):
         gb = g[b]
-        for i in range(bits.shape[1]):
-            out_bits[b, i] = _exp2_bits(gb * _log2_bits(min(max(bits[b, i], BITS_EPS), BITS_ONE)))
+        xb, ob = x[b], out[b]
+        for i in range(xb.shape[0]):
+            ob[i] = min(_exp2(gb * _log2(min(max(xb[i], EPS), F1))), F1)
 
 
 @_jit
-def _piecewise(x: np.ndarray, slopes: np.ndarray, out: np.ndarray) -> None:
-    """The tone curve as a sum of ramps, sum_k slope_k * clip(n x - k, 0, 1): no table gather, and each
-    ramp is one unit-stride pass over an L1-sized chunk, so every loop vectorises. Equal to the reference's
-    knot[seg] + (n x - seg) * slope[seg]."""
-    n = slopes.shape[1]
-    fn = np.float32(n)
+def _tone(x: np.ndarray, d: np.ndarray, c: np.ndarray, out: np.ndarray) -> None:
+    """The tone curve as hinges: with t = n clip(x), knot[seg] + (t - seg) slope[seg] equals the ramp sum
+    sum_k slope_k clip(t - k, 0, 1) = c + sum_k d_k max(t, k), d_k = slope_k - slope_(k-1) and
+    c = -sum_k k d_k. Two operations a segment, no table gather, and the k loop unrolls at compile time."""
+    n = np.float32(TONE_SEGMENTS)
     for b in nb.prange(x.shape[0]):
-        sb, xb, ob = slopes[b], x[b], out[b]
-        t = np.empty(CHUNK, np.float32)
-        acc = np.empty(CHUNK, np.float32)
-        for start in range(0, xb.shape[0], CHUNK):
-            m = min(CHUNK, xb.shape[0] - start)
-            for i in range(m):
-                t[i] = _clip(xb[start + i]) * fn
-                acc[i] = F0
-            for k in range(n):
-                s, fk = sb[k], np.float32(k)
-                for i in range(m):
-                    acc[i] += s * _clip(t[i] - fk)
-            for i in range(m):
-                ob[start + i] = _clip(acc[i])
+        xb, ob, db, cb = x[b], out[b], d[b], c[b]
+        for i in range(xb.shape[0]):
+            t = _clip(xb[i]) * n
+            acc = cb + db[0] * t
+            for k in range(1, TONE_SEGMENTS):
+                acc += db[k] * max(t, np.float32(k))
+            ob[i] = _clip(acc)
 
 
 @_jit
@@ -283,47 +309,57 @@ def _f32(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _per_pixel(kernel: Callable[..., None], img: np.ndarray, *constants: np.ndarray) -> np.ndarray:
-    """Run a flat-row kernel `kernel(x, *constants, out)` on a (B, H, W, 3) batch."""
+def _per_pixel(kernel: Callable[..., None], img: np.ndarray, *constants: np.ndarray, out: Out = None) -> np.ndarray:
+    """Run a flat-row kernel `kernel(x, *constants, out)` on a (B, H, W, 3) batch. `out`, when given, is a
+    C-contiguous float32 array of img's shape to write into (benchmarks use it to time the kernel alone:
+    a fresh output of over 32 MB comes from mmap, and its first touch costs page faults)."""
     x = _flat(img)
-    out = np.empty_like(x)
-    kernel(x, *constants, out)
-    return out.reshape(img.shape)
+    if out is None:
+        out = np.empty(img.shape, np.float32)
+    elif out.shape != img.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {img.shape}")
+    kernel(x, *constants, out.reshape(x.shape))
+    return out
 
 
-def exposure(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    return _per_pixel(_scale_channels, img, _f32(np.repeat(np.exp2(_f32(params[:, :1])), 3, axis=1)))
+def exposure(img: np.ndarray, params: np.ndarray, xp: ModuleType = np, out: Out = None) -> np.ndarray:
+    return _per_pixel(_scale_channels, img, _f32(np.repeat(np.exp2(_f32(params[:, :1])), 3, axis=1)), out=out)
 
 
-def white_balance(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    return _per_pixel(_scale_channels, img, _f32(m.wb_gains(_f32(params))))
+def white_balance(img: np.ndarray, params: np.ndarray, xp: ModuleType = np, out: Out = None) -> np.ndarray:
+    return _per_pixel(_scale_channels, img, _f32(m.wb_gains(_f32(params))), out=out)
 
 
-def ccm(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    return _per_pixel(_matrix, img, _f32(m.ccm_matrix(_f32(params), np)))
+def ccm(img: np.ndarray, params: np.ndarray, xp: ModuleType = np, out: Out = None) -> np.ndarray:
+    return _per_pixel(_matrix, img, _f32(m.ccm_matrix(_f32(params), np)), out=out)
 
 
-def gamma(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    x = _flat(img)
-    out = np.empty_like(x)
-    _gamma(x.view(np.int32), _f32(params[:, 0]), out.view(np.int32))  # the kernel reads and writes bits
-    return out.reshape(img.shape)
+def gamma(img: np.ndarray, params: np.ndarray, xp: ModuleType = np, out: Out = None) -> np.ndarray:
+    return _per_pixel(_gamma, img, _f32(params[:, 0]), out=out)
 
 
-def tone_curve(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    return _per_pixel(_piecewise, img, _f32(m.tone_knots(_f32(params), np)[1]))
+def tone_curve(img: np.ndarray, params: np.ndarray, xp: ModuleType = np, out: Out = None) -> np.ndarray:
+    if params.shape[1] != TONE_SEGMENTS:  # the kernel is compiled for the registry's 8 segments
+        ref = _f32(m.tone_curve(_f32(img), _f32(params), np))
+        if out is None:
+            return ref
+        out[...] = ref
+        return out
+    slopes = _f32(m.tone_knots(_f32(params), np)[1])
+    d = _f32(np.diff(slopes, axis=1, prepend=0))
+    return _per_pixel(_tone, img, d, _f32(-(d * np.arange(TONE_SEGMENTS)).sum(axis=1)), out=out)
 
 
-def contrast(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    return _per_pixel(_contrast, img, _f32(params[:, 0]))
+def contrast(img: np.ndarray, params: np.ndarray, xp: ModuleType = np, out: Out = None) -> np.ndarray:
+    return _per_pixel(_contrast, img, _f32(params[:, 0]), out=out)
 
 
-def saturation_plus(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    return _per_pixel(_saturation, img, _f32(params[:, 0]))
+def saturation_plus(img: np.ndarray, params: np.ndarray, xp: ModuleType = np, out: Out = None) -> np.ndarray:
+    return _per_pixel(_saturation, img, _f32(params[:, 0]), out=out)
 
 
-def desaturation(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
-    return _per_pixel(_desaturation, img, _f32(params[:, 0]))
+def desaturation(img: np.ndarray, params: np.ndarray, xp: ModuleType = np, out: Out = None) -> np.ndarray:
+    return _per_pixel(_desaturation, img, _f32(params[:, 0]), out=out)
 
 
 def sharpen(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndarray:
