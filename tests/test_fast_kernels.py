@@ -151,3 +151,32 @@ def test_kernels_keep_to_the_cpu_share_ray_gives_a_worker(monkeypatch):
         assert numba.get_num_threads() == 1
     finally:
         numba.set_num_threads(before)
+
+
+VECTOR_WIDTH_PROBE = """
+import json, numpy as np
+from posisp_dist.benchmarks import isp  # the bench compiles its copy before any module: the order users hit
+isp.bench_size(np, 8, 1, min_time=0, kernels=("fast",))
+from numba.core.registry import cpu_target
+print(json.dumps("-prefer-256-bit" in cpu_target.target_context.codegen()._tm_features))
+"""
+
+
+def _probe_full_width(env: dict[str, str]) -> bool:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}, **env}
+    out = subprocess.run([sys.executable, "-c", VECTOR_WIDTH_PROBE], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_kernels_compile_for_full_width_avx512_unless_the_user_chose_cpu_features():
+    import llvmlite.binding as llvm
+
+    host = llvm.get_host_cpu_features()
+    assert _probe_full_width({}) == bool(host.get("avx512f"))  # on this project's machines: True
+    assert _probe_full_width({"NUMBA_CPU_FEATURES": host.flatten()}) is False

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-import numba as nb
 import numpy as np
 
+from posisp_dist.isp import fast_cpu
 from posisp_dist.isp.executor import ISPExecutor
 from posisp_dist.isp.kernels import implementation
 from posisp_dist.isp.registry import DEFAULT_REGISTRY, Registry
@@ -49,7 +49,7 @@ def bench_size(
     dst = xp.empty_like(img)
     copies = {"memcpy": lambda: xp.copyto(dst, img)}  # one thread on the CPU
     if xp.__name__ == "numpy":
-        copies["memcpy_parallel"] = lambda: _parallel_copy(img.reshape(batch, -1), dst.reshape(batch, -1))
+        copies["memcpy_parallel"] = lambda: fast_cpu.copy(img, dst)
     rows = []
     for op, copy in copies.items():
         t = _timeit(copy, xp, min_time)
@@ -79,13 +79,6 @@ def bench_size(
         t = _timeit(lambda ex=ex: ex.run(img, tokens, params), xp, min_time)
         rows.append({**base, "kernels": kind, "op": "full_pipeline", "seconds": t, "images_per_s": batch / t})
     return rows
-
-
-@nb.njit(parallel=True, nogil=True, cache=True)
-def _parallel_copy(src: np.ndarray, dst: np.ndarray) -> None:
-    """dst[:] = src with one thread per image row block, as the fused kernels run."""
-    for b in nb.prange(src.shape[0]):
-        dst[b] = src[b]
 
 
 def run(
