@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from posisp_dist.isp import modules as m
+from posisp_dist.isp.kernels import implementation
 from posisp_dist.isp.registry import DEFAULT_REGISTRY as R
 from posisp_dist.isp.xp import to_numpy
 
@@ -87,6 +88,8 @@ def test_parity_numpy_cupy():
         ref = spec(img, p, np)
         got = spec(cupy.asarray(img), cupy.asarray(p), cupy).get()
         np.testing.assert_allclose(got, ref, atol=2e-5, err_msg=spec.name)
+        fused = implementation(spec.fn, cupy)  # the CUDA kernel where the module has one
+        np.testing.assert_allclose(fused(cupy.asarray(img), cupy.asarray(p), cupy).get(), ref, atol=2e-5)
 
 
 # --- what each module does, checked against its definition ---------------------------------------------

@@ -2,8 +2,9 @@
 
 `fast` kernels are looked up by the identity of the module's reference function, so a module registered
 under an existing name with its own function keeps its own code. NumPy's kernels are the Numba ones in
-`fast_cpu.py`; without Numba (or for `kernels="reference"`) every module runs its reference function,
-which is also what CuPy runs: composed CuPy array ops, one fused launch per operation.
+`fast_cpu.py`, CuPy's the CUDA ones in `fast_gpu.py` (point-wise modules; sharpen and denoise run their
+reference array code on the GPU). Without Numba, or for `kernels="reference"`, every module runs its
+reference function.
 """
 
 from __future__ import annotations
@@ -27,10 +28,19 @@ def _cpu_kernels() -> dict[Callable[..., Any], Callable[..., Any]]:
     return KERNELS
 
 
+@cache
+def _gpu_kernels() -> dict[Callable[..., Any], Callable[..., Any]]:
+    from posisp_dist.isp.fast_gpu import KERNELS  # CuPy itself is imported at the first launch
+
+    return KERNELS
+
+
 def implementation(fn: Callable[..., Any], xp: ModuleType, kernels: str = "fast") -> Callable[..., Any]:
     """The function that runs the module whose reference is `fn` on namespace `xp`."""
     if kernels not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
-    if kernels == "reference" or xp.__name__ != "numpy":
-        return fn
-    return _cpu_kernels().get(fn, fn)
+    if kernels == "fast" and xp.__name__ == "numpy":
+        return _cpu_kernels().get(fn, fn)
+    if kernels == "fast" and xp.__name__ == "cupy":
+        return _gpu_kernels().get(fn, fn)
+    return fn
