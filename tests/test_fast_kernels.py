@@ -153,23 +153,24 @@ def test_kernels_keep_to_the_cpu_share_ray_gives_a_worker(monkeypatch):
         numba.set_num_threads(before)
 
 
-VECTOR_WIDTH_PROBE = """
-import json, numpy as np
+NUMBA_PROBE = """
+import json, numpy as np, torch  # torch first, as in an EnvRunner
 from posisp_dist.benchmarks import isp  # the bench compiles its copy before any module: the order users hit
 isp.bench_size(np, 8, 1, min_time=0, kernels=("fast",))
 from numba.core.registry import cpu_target
-print(json.dumps("-prefer-256-bit" in cpu_target.target_context.codegen()._tm_features))
+print(json.dumps({"full_width": "-prefer-256-bit" in cpu_target.target_context.codegen()._tm_features,
+                  "torch_threads": torch.get_num_threads()}))
 """
 
 
-def _probe_full_width(env: dict[str, str]) -> bool:
+def _probe(env: dict[str, str]) -> dict:
     import json
     import os
     import subprocess
     import sys
 
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}, **env}
-    out = subprocess.run([sys.executable, "-c", VECTOR_WIDTH_PROBE], env=env, capture_output=True, text=True)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "OMP_"))}, **env}
+    out = subprocess.run([sys.executable, "-c", NUMBA_PROBE], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -178,5 +179,10 @@ def test_kernels_compile_for_full_width_avx512_unless_the_user_chose_cpu_feature
     import llvmlite.binding as llvm
 
     host = llvm.get_host_cpu_features()
-    assert _probe_full_width({}) == bool(host.get("avx512f"))  # on this project's machines: True
-    assert _probe_full_width({"NUMBA_CPU_FEATURES": host.flatten()}) is False
+    assert _probe({})["full_width"] == bool(host.get("avx512f"))  # on this project's machines: True
+    assert _probe({"NUMBA_CPU_FEATURES": host.flatten()})["full_width"] is False
+
+
+def test_kernels_leave_torch_on_the_cpu_share_of_a_one_cpu_worker():
+    """Numba's OpenMP pool used to raise the process's OpenMP threads (shared with torch) to the core count."""
+    assert _probe({"OMP_NUM_THREADS": "1"})["torch_threads"] == 1

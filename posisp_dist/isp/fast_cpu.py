@@ -20,7 +20,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-import llvmlite.binding as llvm
+from posisp_dist.isp import numba_env  # noqa: F401  (Numba's process settings: before Numba is imported)
+
+# isort: split
+
 import numba as nb
 import numpy as np
 from llvmlite import ir
@@ -28,22 +31,6 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from posisp_dist.isp import modules as m
-
-
-def _full_width_avx512() -> None:
-    """Let LLVM use 512-bit vectors on CPUs with AVX-512. Its tuning for recent Xeons stops loops at 256
-    bits (older chips lowered their clock for 512-bit code); for these streaming kernels full width is up to
-    1.45x faster (bench/README.md). Numba reads the setting at its first compilation in the process, so it is
-    made at import; a NUMBA_CPU_FEATURES or NUMBA_CPU_NAME the user set wins. Child processes inherit it."""
-    if "NUMBA_CPU_FEATURES" in os.environ or "NUMBA_CPU_NAME" in os.environ:
-        return
-    features = llvm.get_host_cpu_features()
-    if features.get("avx512f"):
-        os.environ["NUMBA_CPU_FEATURES"] = features.flatten() + ",-prefer-256-bit"
-        nb.config.reload_config()  # Numba rereads its environment only when it compiles, not on a cache load
-
-
-_full_width_avx512()
 
 F0, F1, HALF, EPS = np.float32(0.0), np.float32(1.0), np.float32(0.5), np.float32(m.EPS)
 LR, LG, LB = (np.float32(c) for c in m.LUMA)
