@@ -1,12 +1,15 @@
-"""The CUDA kernels' per-pixel bodies, checked without a GPU: the same C text is compiled with the host's C
-compiler and run against every point-wise reference function, and (where nvcc is installed) compiled as
-CUDA. The CuPy launches themselves run in the parity test on a GPU machine (tests/test_isp_modules.py)."""
+"""The CUDA kernels, checked without a GPU: the same C text is compiled with the host's C compiler and run
+against every point-wise reference function, compiled as CUDA where nvcc is installed, and launched through
+a host stand-in for `cupy.ElementwiseKernel` (raw parameters, explicit size) by the executor's GPU dispatch.
+On a GPU machine the real launches run in the parity test (tests/test_isp_modules.py)."""
 
 from __future__ import annotations
 
 import ctypes
+import itertools
 import shutil
 import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 
 from posisp_dist.isp import fast_gpu
 from posisp_dist.isp import modules as m
+from posisp_dist.isp.executor import ISPExecutor
 from posisp_dist.isp.kernels import implementation
 from posisp_dist.isp.registry import DEFAULT_REGISTRY as R
 
@@ -106,3 +110,65 @@ def test_tone_body_handles_other_segment_counts(host_kernels):
     params = np.random.default_rng(2).uniform(0.5, 2.0, (4, 5)).astype(np.float32)  # 5 segments, not 8
     img = _images(seed=3)
     np.testing.assert_allclose(_run_host(host_kernels, spec, img, params), m.tone_curve(img, params, np), atol=2e-5)
+
+
+class HostElementwiseKernel:
+    """`cupy.ElementwiseKernel` for raw parameters, compiled by the host C compiler: the contract `fast_gpu.run`
+    relies on (declared parameters in order, raw arrays as flat contiguous float32, an explicit `size`)."""
+
+    _ids = itertools.count()
+    C_TYPES = {"float32": "float", "int64": "long long"}
+
+    def __init__(self, in_params, out_params, operation, name, preamble="", *, tmp: Path):  # noqa: ANN001
+        self.params = [p.split() for p in f"{in_params}, {out_params}".split(",")]
+        n_in = in_params.count(",") + 1
+        raw = "{const}{ctype}* {name}"
+        decl = [
+            raw.format(const="const " * (j < n_in), ctype=self.C_TYPES[p[1]], name=p[2])
+            if p[0] == "raw"
+            else f"{self.C_TYPES[p[0]]} {p[1]}"
+            for j, p in enumerate(self.params)
+        ]
+        body = f"void {name}({', '.join(decl)}, long long n) {{ for (long long i = 0; i < n; ++i) {{ {operation} }} }}"
+        lib = tmp / f"{name}_{next(self._ids)}.so"
+        cc = [shutil.which("cc") or "gcc", "-O2", "-std=c99", "-shared", "-fPIC", "-lm"]
+        _compile(tmp, cc, preamble + body, f"_{name}.c", lib)
+        self.fn = getattr(ctypes.CDLL(str(lib)), name)
+
+    def __call__(self, *args, size=None):  # noqa: ANN001, ANN204
+        assert size is not None, "CuPy needs size= when every parameter is raw"
+        assert len(args) == len(self.params), (len(args), self.params)
+        c_args = []
+        for a, p in zip(args, self.params, strict=True):
+            if p[0] == "raw":
+                assert isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 1 and a.flags.c_contiguous, p
+                c_args.append(a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+            else:
+                assert isinstance(a, int), p
+                c_args.append(ctypes.c_longlong(a))
+        self.fn(*c_args, ctypes.c_longlong(size))
+
+
+@pytest.fixture
+def host_cupy(tmp_path, monkeypatch):
+    """NumPy under CuPy's name, with the host ElementwiseKernel: the executor dispatches as on a GPU."""
+    fake = types.ModuleType("cupy")
+    fake.__dict__.update({k: v for k, v in vars(np).items() if not k.startswith("__")})
+    fake.ElementwiseKernel = lambda *a, **kw: HostElementwiseKernel(*a, **kw, tmp=tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    fast_gpu._elementwise.cache_clear()
+    yield fake
+    fast_gpu._elementwise.cache_clear()
+
+
+def test_gpu_dispatch_runs_every_kernel_through_the_elementwise_contract(host_cupy):
+    rng = np.random.default_rng(4)
+    img = _images(seed=4)
+    tokens = np.stack([rng.permutation(R.n_modules + 1)[:7] for _ in range(4)])  # STOP anywhere
+    tokens[0, :3] = [R.names.index(n) for n in ("gamma", "tone", "ccm")]
+    params = rng.random((4, R.n_params)).astype(np.float32)
+    gpu = ISPExecutor(R, host_cupy, "fast")
+    assert sum(fn in fast_gpu.KERNELS.values() for fn in gpu.impls) == 8
+    ref = ISPExecutor(R, np, "reference")
+    np.testing.assert_allclose(gpu.run(img, tokens, params), ref.run(img, tokens, params), atol=3e-4)
+    assert gpu.stats == ref.stats
