@@ -231,6 +231,10 @@ class TrainConfig(_Strict):
     num_gpus_per_learner: float = Field(0.0, ge=0, description="GPU for the central learner")
     checkpoint_every: int = Field(5, ge=1, description="iterations between checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="local checkpoints kept (all are logged to MLflow)")
+    val_every: int = Field(
+        0, ge=0, description="every N iterations (and at the end) score the greedy policy's mAP on the val split "
+        "and keep the best checkpoint for eval and apply; 0 keeps the last"
+    )  # fmt: skip
     out_dir: str = Field(".posisp/runs", description="local checkpoints and figures, one folder per run")
     grid_images: int = Field(6, ge=1, description="val images in the input-vs-ISP picture")
     ray_address: str | None = Field(None, description="Ray cluster address; None starts or joins a local one")

@@ -22,7 +22,7 @@ def write_config(tiny_cfg, tmp: Path, **sections) -> tuple[Path, str]:
     raw = tiny_cfg.model_dump(mode="json")
     raw["env"].update(preview_size=16, num_envs_per_runner=16)
     raw["ppo"].update(train_batch_size=BATCH, minibatch_size=32, num_epochs=1)
-    raw["train"].update(iterations=ITERS, num_env_runners=1, checkpoint_every=2, grid_images=2,
+    raw["train"].update(iterations=ITERS, num_env_runners=1, checkpoint_every=2, grid_images=2, val_every=1,
                         out_dir=str(tmp / "runs"))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     raw["tracking"]["uri"] = uri
@@ -62,10 +62,26 @@ def test_train_logs_params_tags_metrics_and_artifacts(trained, tiny_cfg):
     assert all(v == BATCH / 16 for _, v in calls)  # one task-model batch per vector step of 16 envs
     top = artifact_paths(tracker, run_id)
     assert {"config.json", "best_pipelines.json", "learning_curve.png", "isp_grid.png", "summary.json"} <= top
-    assert artifact_paths(tracker, run_id, "checkpoints") == {"checkpoints/iter_000002", "checkpoints/iter_000003"}
+    uploaded = {"checkpoints/iter_000002", "checkpoints/iter_000003", "checkpoints/best"}  # every 2nd, last, best
+    assert artifact_paths(tracker, run_id, "checkpoints") == uploaded
     best_path = tracker.download_artifacts("best_pipelines.json", trained["tmp"] / "dl", run_id)
     best = json.loads(Path(best_path).read_text())
     assert len(best["per_image"]) == tiny_cfg.data.n_val and "sequences" in best
+
+
+def test_the_checkpoint_with_the_best_val_map_is_kept_and_used_for_eval(trained):
+    from posisp_dist.train.driver import BEST_CKPT_TAG, fetch_run, read_state
+
+    tracker, run_id, summary = trained["tracker"], trained["run_id"], trained["summary"]
+    history = [m.value for m in tracker.client.get_metric_history(run_id, "eval/val_map_selection")]
+    assert len(history) == ITERS  # val_every=1
+    best_iteration = int(np.argmax(history)) + 1  # the first of equal scores is kept
+    assert summary["best_val_iteration"] == best_iteration
+    assert Path(summary["checkpoint"]).name == "best"
+    assert read_state(Path(summary["checkpoint"])).iteration == best_iteration
+    assert tracker.get_run(run_id).data.tags[BEST_CKPT_TAG] == "checkpoints/best"
+    assert "checkpoints/best" in artifact_paths(tracker, run_id, "checkpoints")
+    assert fetch_run(run_id, trained["uri"])[1] == Path(summary["checkpoint"])
 
 
 def test_resume_continues_the_same_run_without_losing_or_repeating_iterations(trained):

@@ -23,6 +23,7 @@ from posisp_dist.train.tracking import Tracker, default_tracking_uri, run_tags
 
 STATE_FILE = "driver_state.json"
 LAST_CKPT_TAG = "posisp.last_checkpoint"
+BEST_CKPT_TAG = "posisp.best_checkpoint"
 
 
 @dataclass
@@ -37,6 +38,8 @@ class DriverState:
     env_runner_restarts: int = 0
     last_metrics: dict[str, float] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)  # restarts and resumes, also in events.jsonl
+    best_val_map: float | None = None  # `train.val_every`: the best greedy val mAP so far, and its iteration
+    best_iteration: int = 0
 
 
 def resolve_paths(cfg: Config) -> Config:
@@ -91,7 +94,7 @@ class Checkpoints:
         tmp = self.root / f".tmp_{state.iteration:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
         algo.save_to_path(str(tmp))
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state)))
+        self.write_state(tmp, state)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)  # a killed driver never leaves a half-written checkpoint under a final name
         for old in sorted(self.root.glob("iter_*"))[: -self.keep]:
@@ -101,6 +104,21 @@ class Checkpoints:
     def latest(self) -> Path | None:
         found = sorted(self.root.glob("iter_*"))
         return found[-1] if found else None
+
+    def write_state(self, ckpt: Path, state: DriverState) -> None:
+        (ckpt / STATE_FILE).write_text(json.dumps(asdict(state)))
+
+    def keep_best(self, ckpt: Path) -> Path:
+        """Copy `ckpt` to `best/` (replaced atomically), out of reach of the newest-N rotation."""
+        tmp, best = self.root / ".tmp_best", self.root / "best"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(ckpt, tmp)
+        shutil.rmtree(best, ignore_errors=True)
+        tmp.rename(best)
+        return best
+
+    def best(self) -> Path | None:
+        return self.root / "best" if (self.root / "best").exists() else None
 
 
 def read_state(ckpt: Path) -> DriverState:
@@ -121,12 +139,17 @@ def find_resume_checkpoint(tracker: Tracker, local: Checkpoints, run_id: str | N
 
 
 def fetch_run(run_id: str, tracking_uri: str | None = None) -> tuple[Config, Path, Tracker]:
-    """A finished (or interrupted) run's resolved config and newest checkpoint, for eval and apply."""
+    """A finished (or interrupted) run's resolved config and checkpoint for eval and apply: the best on val
+    when the run selected one (`train.val_every`), else the newest."""
     tracker = open_tracker(Config(), tracking_uri)
-    tracker.get_run(run_id)  # raises TrackingError naming an unknown run
+    run = tracker.get_run(run_id)  # raises TrackingError naming an unknown run
     cfg = Config.model_validate(json.loads(_download_text(tracker, run_id, "config.json")))
     local = Checkpoints(Path(cfg.train.out_dir) / run_id / "checkpoints", cfg.train.keep_checkpoints)
-    ckpt = find_resume_checkpoint(tracker, local, run_id)
+    best_tag = run.data.tags.get(BEST_CKPT_TAG)
+    if local.best() is None and best_tag:  # selected on another machine: fetch it from the run
+        tracker.download_artifacts(best_tag, local.root / ".download_best", run_id=run_id)
+        (local.root / ".download_best" / Path(best_tag).name).rename(local.root / "best")
+    ckpt = (local.best() if best_tag else None) or find_resume_checkpoint(tracker, local, run_id)
     if ckpt is None:
         raise FileNotFoundError(f"run {run_id} has no checkpoint yet (it failed before its first iteration)")
     return cfg, ckpt, tracker
@@ -242,7 +265,7 @@ def _train_loop(
             _log_events(tracker, state)
         first = state.iteration + 1
         bar = tqdm(total=total, initial=state.iteration, desc="sequence PPO", disable=not progress, unit="it")
-        uploaded = None
+        uploaded, val_core = None, None
         while state.iteration < total:
             t0 = time.perf_counter()
             result = algo.train()
@@ -262,6 +285,8 @@ def _train_loop(
             tracker.log_metrics(state.last_metrics, step=state.env_steps)
             if restarts or state.iteration == first:
                 _log_events(tracker, state, algo)
+            if cfg.train.val_every and (state.iteration % cfg.train.val_every == 0 or state.iteration == total):
+                val_core = _select_on_val(cfg, tracker, local, ckpt, state, val_core)
             if state.iteration % cfg.train.checkpoint_every == 0 or state.iteration == total:
                 uploaded = _upload(tracker, ckpt)
             bar.update(1)
@@ -274,6 +299,10 @@ def _train_loop(
         ckpt = local.latest()
         if ckpt is not None and uploaded != ckpt.name:
             _upload(tracker, ckpt)
+        if local.best() is not None:
+            tracker.log_artifact(local.best(), "checkpoints/best")
+            tracker.set_tags({BEST_CKPT_TAG: "checkpoints/best"})
+            ckpt = local.best()
     finally:
         algo.stop()
     return {
@@ -288,7 +317,26 @@ def _train_loop(
         "task_images": state.task_images,
         "train_seconds": round(state.train_seconds, 2),
         "final_reward_mean": state.last_metrics.get("charts/episode_reward_mean"),
+        "best_val_iteration": state.best_iteration or None,
     }
+
+
+def _select_on_val(
+    cfg: Config, tracker: Tracker, local: Checkpoints, ckpt: Path, state: DriverState, core: Any
+) -> Any:
+    """Score the greedy policy of `ckpt` on the val split; keep it as `best/` when its mAP is the best so far.
+    Returns the val split's core, kept by the caller for the next call."""
+    from envs.factory import CoreSource
+    from posisp_dist.train.report import greedy_on_split
+
+    core = core or CoreSource(cfg, "val").get()
+    val_map = float(greedy_on_split(cfg, ckpt, "val", core)["map"])
+    tracker.log_metrics({"eval/val_map_selection": val_map}, step=state.env_steps)
+    if state.best_val_map is None or val_map > state.best_val_map:
+        state.best_val_map, state.best_iteration = val_map, state.iteration
+        local.write_state(ckpt, state)  # a resumed run knows the best so far
+        local.keep_best(ckpt)
+    return core
 
 
 def _budget_spent(cfg: Config, state: DriverState) -> bool:

@@ -16,12 +16,13 @@ from posisp_dist.train.tracking import Tracker
 CURVE_KEYS = ("charts/episode_reward_mean", "isp/task_score", "isp/length", "losses/entropy", "losses/kl")
 
 
-def greedy_on_split(cfg: Config, checkpoint: str | Path, split: str) -> dict[str, Any]:
-    """Greedy pipelines of the checkpoint's policy on every image of `split`, run and scored in batches."""
+def greedy_on_split(cfg: Config, checkpoint: str | Path, split: str, core: Any = None) -> dict[str, Any]:
+    """Greedy pipelines of the checkpoint's policy on every image of `split`, run and scored in batches
+    (`core`: that split's `ISPTaskCore`, when the caller keeps one)."""
     from envs.factory import CoreSource
     from posisp_dist.train.inference import load_policy, policy_pipelines
 
-    core = CoreSource(cfg, split).get()
+    core = core or CoreSource(cfg, split).get()
     module = load_policy(checkpoint)
     tokens, params = policy_pipelines(module, core.images, core.executor, core.preview_size, stepwise_steps(cfg))
     chunks = [
