@@ -4,6 +4,7 @@ exactly-once resume into the same run, eval rows, processed PNGs, and failed run
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,8 @@ def test_the_checkpoint_with_the_best_val_map_is_kept_and_used_for_eval(trained)
     assert tracker.get_run(run_id).data.tags[BEST_CKPT_TAG] == "checkpoints/best"
     assert "checkpoints/best" in artifact_paths(tracker, run_id, "checkpoints")
     assert fetch_run(run_id, trained["uri"])[1] == Path(summary["checkpoint"])
+    shutil.rmtree(summary["checkpoint"])  # as on another machine: eval fetches the best from the run
+    assert read_state(fetch_run(run_id, trained["uri"])[1]).iteration == best_iteration
 
 
 def test_resume_continues_the_same_run_without_losing_or_repeating_iterations(trained):
