@@ -329,7 +329,7 @@ def _select_on_val(
     from envs.factory import CoreSource
     from posisp_dist.train.report import greedy_on_split
 
-    core = core or CoreSource(cfg, "val").get()
+    core = core if core is not None else CoreSource(cfg, "val").get()
     val_map = float(greedy_on_split(cfg, ckpt, "val", core)["map"])
     tracker.log_metrics({"eval/val_map_selection": val_map}, step=state.env_steps)
     if state.best_val_map is None or val_map > state.best_val_map:

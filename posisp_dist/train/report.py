@@ -22,7 +22,7 @@ def greedy_on_split(cfg: Config, checkpoint: str | Path, split: str, core: Any =
     from envs.factory import CoreSource
     from posisp_dist.train.inference import load_policy, policy_pipelines
 
-    core = core or CoreSource(cfg, split).get()
+    core = core if core is not None else CoreSource(cfg, split).get()
     module = load_policy(checkpoint)
     tokens, params = policy_pipelines(module, core.images, core.executor, core.preview_size, stepwise_steps(cfg))
     chunks = [
