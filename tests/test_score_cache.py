@@ -269,3 +269,18 @@ def test_a_second_job_in_another_process_reuses_the_workers_scores(tiny_cfg, tin
     assert second["ref_task_images"] == 0
     np.testing.assert_array_equal(second["ref"], first.ref_score)
     reset_open_caches()
+
+
+def test_the_dev_extra_brings_a_redis_server_without_one_on_path(tmp_path, monkeypatch):
+    """The README's test command needs no system redis-server: with PATH holding none, the server is found
+    (from the dev extra) and answers PING on its own port."""
+    from redis_server import find_redis_server
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no redis-server on PATH
+    path = find_redis_server()
+    assert path is not None and Path(path).name == "redis-server"
+    server = RedisServer(tmp_path)
+    try:
+        assert redis.Redis.from_url(server.url).ping()
+    finally:
+        server.kill()
