@@ -32,6 +32,37 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_ingest(args: argparse.Namespace) -> int:
+    from posisp_dist.data.ingest import IngestOptions, ingest
+    from posisp_dist.paths import resolve
+
+    lists = None
+    if args.split:
+        pairs = [item.partition("=") for item in args.split]
+        if any(not sep or not name for name, sep, _ in pairs):
+            raise ValueError(f"--split expects SPLIT=FILE (e.g. train=train.txt), got {args.split}")
+        lists = {name: Path(path) for name, _, path in pairs}
+    opts = IngestOptions(
+        raw_dir=Path(args.raw), root=resolve(args.root), coco=tuple(map(Path, args.coco or ())),
+        voc=tuple(map(Path, args.voc or ())), image_size=args.image_size,
+        classes=tuple(args.classes) if args.classes else None, split_lists=lists, fractions=tuple(args.fractions),
+        seed=args.seed, shard_size=args.shard_size, reference_dir=Path(args.reference) if args.reference else None,
+        force=args.force, progress=not args.quiet,
+    )  # fmt: skip
+    report = ingest(opts)
+    print(report.format())
+    _write_json(args.json, {"root": str(report.root), "counts": report.counts, "skipped": report.skipped})
+    return 0
+
+
+def cmd_data_verify(args: argparse.Namespace) -> int:
+    from posisp_dist.data.ingest import verify_ingested
+
+    problems = verify_ingested(args.root, args.raw)
+    print("\n".join(problems) or f"{args.root}: every split file matches its SHA-256")
+    return 1 if problems else 0
+
+
 def cmd_baselines(args: argparse.Namespace) -> int:
     from posisp_dist.baselines.table import baseline_table, format_table
     from posisp_dist.data.build import build_dataset
@@ -214,6 +245,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="rebuild even if a matching dataset exists")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(fn=cmd_data_build)
+    ig = data.add_parser("ingest", help="your raw files (DNG, CR2, NEF, ARW, ...) + COCO / VOC boxes -> shards")
+    ig.add_argument("--raw", required=True, help="folder of raw files (anything LibRaw reads)")
+    ig.add_argument("--root", required=True, help="data root to write (data.root of a `source: ingested` config)")
+    ig.add_argument("--coco", action="append", metavar="JSON", help="COCO detection JSON (repeatable)")
+    ig.add_argument("--voc", action="append", metavar="PATH", help="folder of VOC XML files, or one (repeatable)")
+    ig.add_argument("--image-size", type=int, default=512, help="letterboxed square side (multiple of 32)")
+    ig.add_argument("--classes", nargs="+", help="class names in label order (default: all the annotations name)")
+    ig.add_argument("--split", action="append", metavar="SPLIT=FILE", help="given split: a text file of file names "
+                    "per line, for each of train, val and test (default: drawn with --seed and --fractions)")
+    ig.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    ig.add_argument("--seed", type=int, default=0, help="seed of the drawn split")
+    ig.add_argument("--shard-size", type=int, default=200, help="images per Parquet shard")
+    ig.add_argument("--reference", help="folder of reference renders (same stem as each raw; default: LibRaw's)")
+    ig.add_argument("--force", action="store_true", help="replace the dataset already under --root")
+    ig.add_argument("--json", help="write the counts and the skip report to this JSON file")
+    ig.add_argument("--quiet", action="store_true")
+    ig.set_defaults(fn=cmd_data_ingest)
+    vf = data.add_parser("verify", help="recheck an ingested root's split files against their SHA-256")
+    vf.add_argument("--root", required=True)
+    vf.add_argument("--raw", required=True, help="the folder that was ingested")
+    vf.set_defaults(fn=cmd_data_verify)
 
     bl = sub.add_parser("baselines", help="task metric of clean sRGB, input RAW, camera ISP and random search")
     bl.add_argument("--config", required=True)
@@ -302,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, KeyError, TrackingError, ConnectionError) as e:
         print(f"posisp: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # SIGINT or SIGTERM (train/endings.py): one line, the run is already KILLED
+        signum = int(getattr(e, "signum", 2))
+        print(f"posisp: {e or 'interrupted'}; a training run in progress is marked KILLED", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

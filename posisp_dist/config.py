@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -55,9 +55,15 @@ class LowLightConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Built-in annotated scene source and its Parquet shards."""
+    """The Parquet shards under `root`: generated from the built-in scene source (the fields below root), or
+    made from the user's raw files by `posisp data ingest` (`source: ingested`; then only root and transport
+    apply: classes, image size and splits come from the ingested manifest)."""
 
     root: str = Field(".posisp/data/quick", description="directory of the Parquet shards and manifest")
+    source: Literal["builtin", "ingested"] = Field(
+        "builtin", description="builtin: generate (or reuse) the synthetic set | ingested: use the shards that "
+        "`posisp data ingest` wrote under root, never rebuilt or overwritten"
+    )
     image_size: int = Field(128, ge=32, le=2048, description="square image side in pixels (even)")
     n_train: int = Field(1200, ge=1)
     n_val: int = Field(200, ge=1)
@@ -193,6 +199,13 @@ class PolicyConfig(_Strict):
     hidden: int = Field(64, ge=4, description="encoder output and GRU width")
     image_blind: bool = Field(False, description="the paper's variant: the module sequence ignores the image")
     allow_repeats: bool = Field(False, description="let a module appear twice in one pipeline")
+    param_learning: Literal["pathwise", "ppo"] = Field(
+        "ppo",
+        description="how the module parameters are learned: pathwise (POS-ISP: a deterministic, image-conditioned "
+        "parameter network trained by backpropagating the task loss through the ISP's torch twin; the sequence "
+        "stays PPO) | ppo (a Beta head trained by PPO from the terminal reward, like the sequence)",
+    )
+    pathwise_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the parameter network (pathwise)")
 
 
 class PPOConfigModel(_Strict):
@@ -296,6 +309,12 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     cache: CacheConfig = CacheConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.policy.param_learning == "pathwise" and self.env.kind == "stepwise":
+            raise ValueError("policy.param_learning: pathwise is implemented for env.kind: sequence only; use ppo")
+        return self
 
 
 class ConfigError(ValueError):

@@ -19,7 +19,8 @@ DATA_FORMAT_VERSION = 1  # bump when the generator changes, so cached datasets a
 
 def data_fingerprint(cfg: DataConfig, seed: int) -> str:
     # where the shards live and how they travel to EnvRunners do not change their content
-    return fingerprint({"cfg": cfg.model_dump(exclude={"root", "transport"}), "seed": seed, "v": DATA_FORMAT_VERSION})
+    exclude = {"root", "transport", "source"}
+    return fingerprint({"cfg": cfg.model_dump(exclude=exclude), "seed": seed, "v": DATA_FORMAT_VERSION})
 
 
 def make_capture(cfg: DataConfig, seed: int, split_id: int, index: int) -> tuple[RawBatch, int]:
@@ -54,6 +55,9 @@ def build_dataset(cfg: DataConfig, seed: int = 0, force: bool = False, progress:
     root = Path(cfg.root)
     fp = data_fingerprint(cfg, seed)
     manifest_path = root / "manifest.json"
+    source = json.loads(manifest_path.read_text()).get("source", "builtin") if manifest_path.exists() else None
+    if cfg.source == "ingested" or source == "ingested":  # the user's data: reused as is, never overwritten
+        return _ingested_root(root, source, cfg.source)
     if manifest_path.exists() and not force:
         if json.loads(manifest_path.read_text()).get("fingerprint") == fp:
             return root
@@ -79,6 +83,7 @@ def build_dataset(cfg: DataConfig, seed: int = 0, force: bool = False, progress:
             n_objects[split] = objs
     manifest = {
         "fingerprint": fp,
+        "source": "builtin",
         "classes": list(cfg.classes),
         "image_size": cfg.image_size,
         "cfa": "RGGB",
@@ -88,4 +93,16 @@ def build_dataset(cfg: DataConfig, seed: int = 0, force: bool = False, progress:
         "format_version": DATA_FORMAT_VERSION,
     }
     manifest_path.write_text(json.dumps(manifest, indent=2))  # written last: marks the build complete
+    return root
+
+
+def _ingested_root(root: Path, found: str | None, wanted: str) -> Path:
+    """`root` when it holds what the config says; a clear error (and nothing deleted) otherwise."""
+    if found is None:
+        raise FileNotFoundError(f"data.source is ingested but {root} holds no manifest.json; run `posisp data ingest`")
+    if found != wanted:
+        raise ValueError(
+            f"{root} holds {found} data but data.source is {wanted}: set data.source: {found}, or point data.root "
+            "elsewhere (it is not rebuilt over)"
+        )
     return root

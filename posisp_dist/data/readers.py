@@ -1,4 +1,4 @@
-"""Readers for real data: DNG/raw files through rawpy (LibRaw) and COCO-style JSON annotations."""
+"""Readers for real data: DNG/raw files through rawpy (LibRaw), COCO-style JSON and Pascal VOC XML annotations."""
 
 from __future__ import annotations
 
@@ -22,10 +22,13 @@ class RawImage:
     cfa: str
     cam2rgb: np.ndarray  # (3, 3)
     wb_gains: np.ndarray  # (3,) as-shot gains, green = 1
+    render: np.ndarray | None = None  # (h, w, 3) uint8 LibRaw rendering (half size, camera WB), if asked for
 
 
-def read_dng(path: str | Path) -> RawImage:
-    """Read a DNG (or any LibRaw-supported raw) into a `RawImage`; clear errors for corrupt or odd files."""
+def read_dng(path: str | Path, render: bool = False) -> RawImage:
+    """Read a DNG (or any LibRaw-supported raw) into a `RawImage`; clear errors for corrupt or odd files.
+
+    With `render`, also LibRaw's own sRGB rendering at half size (camera white balance, no rotation)."""
     import rawpy
 
     path = Path(path)
@@ -40,6 +43,8 @@ def read_dng(path: str | Path) -> RawImage:
             white = float(r.white_level)
             xyz2cam = np.asarray(r.rgb_xyz_matrix, np.float64)[:3]
             wb = np.asarray(r.camera_whitebalance, np.float64)[:3]
+            rgb_cam = np.asarray(r.color_matrix, np.float64)[:3, :3]  # LibRaw's camera -> sRGB
+            rendered = r.postprocess(use_camera_wb=True, half_size=True, output_bps=8, user_flip=0) if render else None
     except rawpy.LibRawError as e:  # LibRawFileUnsupportedError, LibRawIOError, LibRawDataError, ...
         raise ValueError(f"{path}: corrupt or unsupported raw file ({type(e).__name__}: {e})") from None
     if pattern.shape != (2, 2):
@@ -52,9 +57,12 @@ def read_dng(path: str | Path) -> RawImage:
     check_bayer(bayer, batched=False)
     if not white > black:
         raise ValueError(f"{path}: white level {white} is not above black level {black}")
-    cam2rgb = xyz2cam_to_cam2rgb(xyz2cam) if np.abs(xyz2cam).sum() > 0 else np.eye(3)
+    if np.abs(xyz2cam).sum() > 0:
+        cam2rgb = xyz2cam_to_cam2rgb(xyz2cam)
+    else:  # LibRaw leaves the XYZ matrix empty for some DNGs but still derives camera -> sRGB from them
+        cam2rgb = rgb_cam if np.abs(rgb_cam).sum() > 0 else np.eye(3)
     wb = wb / wb[1] if wb[1] > 0 else np.ones(3)
-    return RawImage(bayer, black, white, cfa, cam2rgb.astype(np.float32), wb.astype(np.float32))
+    return RawImage(bayer, black, white, cfa, cam2rgb.astype(np.float32), wb.astype(np.float32), rendered)
 
 
 def read_coco(path: str | Path) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
@@ -89,3 +97,60 @@ def read_coco(path: str | Path) -> tuple[list[str], dict[str, dict[str, np.ndarr
         for k, v in out.items()
     }
     return [str(c["name"]) for c in cats], targets
+
+
+def coco_image_sizes(path: str | Path) -> dict[str, tuple[int, int]]:
+    """{file_name: (width, height)} of the images of a COCO JSON that state their size."""
+    data = json.loads(Path(path).read_text())
+    return {
+        str(im["file_name"]): (int(im["width"]), int(im["height"]))
+        for im in data.get("images", [])
+        if im.get("width") and im.get("height")
+    }
+
+
+@dataclass(frozen=True)
+class VOCAnnotation:
+    """One Pascal VOC XML file: the image it names, its stated size and its objects (class name, box)."""
+
+    file_name: str
+    size: tuple[int, int] | None  # (width, height) as written in <size>, if any
+    names: list[str]
+    boxes: np.ndarray  # (k, 4) x0 y0 x1 y1, continuous pixel coordinates (VOC's 1-based xmin/ymin minus 1)
+
+
+def read_voc(path: str | Path) -> VOCAnnotation:
+    """Pascal VOC XML -> `VOCAnnotation`; a malformed file raises ValueError naming the file and the cause."""
+    import xml.etree.ElementTree as ET
+
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation file not found: {path}") from None
+    except ET.ParseError as e:
+        raise ValueError(f"{path}: not valid XML ({e})") from None
+    if root.tag != "annotation":
+        raise ValueError(f"{path}: not a Pascal VOC file (root element <{root.tag}>, expected <annotation>)")
+    file_name = (root.findtext("filename") or "").strip() or path.stem
+    size = None
+    w, h = root.findtext("size/width"), root.findtext("size/height")
+    if w and h and float(w) > 0 and float(h) > 0:
+        size = (int(float(w)), int(float(h)))
+    names, boxes = [], []
+    for i, obj in enumerate(root.iter("object")):
+        name = (obj.findtext("name") or "").strip()
+        try:
+            xmin, ymin, xmax, ymax = (
+                float(obj.findtext(f"bndbox/{k}") or "")
+                for k in ("xmin", "ymin", "xmax", "ymax")
+            )
+        except ValueError:
+            raise ValueError(f"{path}: object {i} ({name or 'unnamed'}) has no numeric <bndbox>") from None
+        if not name:
+            raise ValueError(f"{path}: object {i} has no <name>")
+        if xmax < xmin or ymax < ymin:
+            raise ValueError(f"{path}: object {i} ({name}) has an empty box {[xmin, ymin, xmax, ymax]}")
+        names.append(name)
+        boxes.append([xmin - 1.0, ymin - 1.0, xmax, ymax])  # VOC pixels are 1-based and inclusive
+    return VOCAnnotation(file_name, size, names, np.asarray(boxes, np.float32).reshape(-1, 4))
