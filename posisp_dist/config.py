@@ -12,10 +12,18 @@ from posisp_dist.isp.registry import DEFAULT_REGISTRY
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: an inf or nan in any float field (env.cost_lambda=.inf, ppo.lr=nan) is refused here,
+    # not found as nan gradients after minutes of training
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 Range = tuple[float, float]
+
+
+def _distinct(names: tuple[str, ...], field: str) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{field} names {repeated} more than once")
 
 
 def _ordered(r: Range, name: str) -> None:
@@ -69,12 +77,14 @@ class DataConfig(_Strict):
     n_val: int = Field(200, ge=1)
     n_test: int = Field(300, ge=1)
     shard_size: int = Field(200, ge=1, description="images per Parquet shard")
-    classes: tuple[str, ...] = Field(("disc", "square", "triangle", "cross"), description="object classes")
+    classes: tuple[str, ...] = Field(
+        ("disc", "square", "triangle", "cross"), min_length=1, description="object classes (at least one, distinct)"
+    )
     objects_per_image: tuple[int, int] = Field((1, 4), description="inclusive range of objects per scene")
     object_size: tuple[int, int] = Field((16, 44), description="object side range in pixels")
     unprocess: UnprocessConfig = UnprocessConfig()
     lowlight: LowLightConfig = LowLightConfig()
-    transport: str = Field(
+    transport: Literal["filesystem", "object_store"] = Field(
         "filesystem",
         description="how EnvRunners get shards and task weights: filesystem (read data.root / task.cache_dir on "
         "their node) | object_store (the driver ships the bytes through Ray's object store; no shared disk)",
@@ -82,8 +92,7 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
-        if self.transport not in ("filesystem", "object_store"):
-            raise ValueError(f"data.transport must be filesystem or object_store, got {self.transport!r}")
+        _distinct(self.classes, "data.classes")
         if self.image_size % 2:
             raise ValueError(f"image_size must be even for a 2x2 Bayer pattern, got {self.image_size}")
         _ordered(self.objects_per_image, "objects_per_image")
@@ -145,19 +154,20 @@ class TaskConfig(_Strict):
 class ISPConfig(_Strict):
     """Which modules the policy may use and how long a pipeline may be."""
 
-    modules: tuple[str, ...] = Field(DEFAULT_REGISTRY.names, description="module names from the registry")
+    modules: tuple[str, ...] = Field(
+        DEFAULT_REGISTRY.names, min_length=1, description="module names from the registry (at least one, distinct)"
+    )
     max_len: int = Field(10, ge=1, le=32, description="maximum modules in one pipeline (before STOP)")
-    backend: str = Field("auto", description="numpy | cupy | auto")
-    kernels: str = Field("fast", description="fast (fused Numba kernels on CPU) | reference (plain array code)")
+    backend: Literal["numpy", "cupy", "auto"] = Field("auto", description="numpy | cupy | auto")
+    kernels: Literal["fast", "reference"] = Field(
+        "fast", description="fast (fused Numba kernels on CPU) | reference (plain array code)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ISPConfig:
         for name in self.modules:
             DEFAULT_REGISTRY.index(name)  # raises KeyError naming the unknown module
-        if self.backend not in ("numpy", "cupy", "auto"):
-            raise ValueError(f"isp.backend must be numpy, cupy or auto, got {self.backend!r}")
-        if self.kernels not in ("fast", "reference"):
-            raise ValueError(f"isp.kernels must be fast or reference, got {self.kernels!r}")
+        _distinct(self.modules, "isp.modules")
         return self
 
 
@@ -173,7 +183,9 @@ class BaselineConfig(_Strict):
 class EnvConfig(_Strict):
     """The ISP environment seen by each EnvRunner."""
 
-    kind: str = Field("sequence", description="sequence (POS-ISP: one action = the pipeline) | stepwise (AdaptiveISP)")
+    kind: Literal["sequence", "stepwise"] = Field(
+        "sequence", description="sequence (POS-ISP: one action = the pipeline) | stepwise (AdaptiveISP)"
+    )
     max_steps: int = Field(5, ge=1, description="stepwise: steps K per episode")
     reuse_penalty: float = Field(1.0, ge=0, description="stepwise: penalty for running a module a second time")
     all_modules_per_step: bool = Field(
@@ -185,13 +197,6 @@ class EnvConfig(_Strict):
     brightness_penalty: bool = Field(True, description="subtract the paper's brightness range penalty")
     num_envs_per_runner: int = Field(16, ge=1, description="pipelines one EnvRunner runs per executor call")
     max_images: int | None = Field(None, ge=1, description="cap on the train images an EnvRunner holds")
-
-    @model_validator(mode="after")
-    def _check(self) -> EnvConfig:
-        if self.kind not in ("sequence", "stepwise"):
-            raise ValueError(f"env.kind must be sequence or stepwise, got {self.kind!r}")
-        return self
-
 
 class PolicyConfig(_Strict):
     """The sequence policy network."""
@@ -328,6 +333,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a directory; give a YAML file such as configs/quick.yaml") from None
+    except OSError as e:
+        raise ConfigError(f"config {path} cannot be read: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -335,8 +344,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError(f"cannot set {dotted}: {where} is a value ({node!r}), not a section")
         node[leaf] = value
     try:
         return Config.model_validate(raw)

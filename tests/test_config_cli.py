@@ -32,6 +32,13 @@ def test_every_config_loads(path):
         ("task: {kind: torchvision}", "needs `weights`"),
         ("data: [1, 2", "not valid YAML"),
         ("- just a list", "mapping"),
+        ("isp: {modules: []}", "isp.modules"),
+        ("isp: {modules: [gamma, exposure, gamma]}", "isp.modules names \\['gamma'\\] more than once"),
+        ("data: {classes: []}", "data.classes"),
+        ("data: {classes: [disc, disc]}", "data.classes names"),
+        ("isp: {backend: tpu}", "'numpy', 'cupy' or 'auto'"),
+        ("env: {kind: hybrid}", "'sequence' or 'stepwise'"),
+        ("data: {transport: carrier_pigeon}", "'filesystem' or 'object_store'"),
     ],
 )
 def test_broken_configs_name_the_cause(tmp_path, text, match):
@@ -39,6 +46,28 @@ def test_broken_configs_name_the_cause(tmp_path, text, match):
     p.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_config(p)
+
+
+@pytest.mark.parametrize(
+    "key", ["env.cost_lambda", "ppo.lr", "ppo.grad_clip", "task.loss_clip", "train.time_budget_s", "env.reuse_penalty"]
+)
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_non_finite_floats_are_refused_in_every_float_field(tmp_path, key, value):
+    section, field = key.split(".")
+    p = tmp_path / "bad.yaml"
+    p.write_text(f"{section}: {{{field}: {value}}}")
+    with pytest.raises(ConfigError, match=key.replace(".", "\\.")):
+        load_config(p)
+
+
+def test_a_directory_config_and_a_set_below_a_value_are_one_line_errors(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    cfg = REPO / "configs" / "quick.yaml"
+    assert main(["train", "--config", str(cfg), "--set", "data.root.x=1"]) == 2
+    err = capsys.readouterr().err
+    assert "data.root is a value" in err and len(err.strip().splitlines()) == 1
 
 
 def test_missing_config_file(tmp_path, capsys):
