@@ -172,3 +172,24 @@ def test_run_tags_has_sha_and_versions():
     assert tags["device"] == "cpu" and tags["array_backend"] == "numpy"
     assert tags["python_version"].count(".") == 2 and tags["hostname"]
     assert all(isinstance(v, str) for v in tags.values())
+
+
+def test_a_copied_store_reads_and_writes_artifacts_in_its_own_tree(tmp_path):
+    import shutil
+
+    first = tmp_path / "project" / ".posisp" / "mlflow"
+    tracker = Tracker(default_tracking_uri(first), "posisp")
+    with tracker:
+        old_run = tracker.start(run_name="before the copy")
+        tracker.log_text("kept", "note.txt")
+    copy = tmp_path / "copy" / ".posisp" / "mlflow"
+    shutil.copytree(first, copy)
+    shutil.rmtree(tmp_path / "project")  # moved, not only copied: the old tree is gone
+    moved = Tracker(default_tracking_uri(copy), "posisp")
+    assert moved.client.get_experiment(moved.experiment_id).artifact_location.startswith((copy / "artifacts").as_uri())
+    assert (moved.download_artifacts("note.txt", tmp_path / "dl", old_run)).read_text() == "kept"
+    with moved:
+        moved.start(run_name="after the copy")
+        moved.log_text("new", "new.txt")
+    assert len(list((copy / "artifacts").rglob("new.txt"))) == 1
+    assert not (tmp_path / "project").exists()  # nothing written back into the original tree

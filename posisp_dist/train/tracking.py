@@ -27,6 +27,7 @@ METRICS_PER_BATCH = 1000  # MLflow's limit for metrics in one log_batch
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer param values
 MAX_ERROR_CHARS = 5000
 STATUSES = ("FINISHED", "FAILED", "KILLED")
+END_REASON_TAG = "posisp.end_reason"
 VERSIONED = ("ray", "torch", "gymnasium", "mlflow", "numpy")
 
 
@@ -40,6 +41,31 @@ def _sqlite_path(uri: str) -> Path | None:
         return None
     path = uri[len("sqlite:///") :].split("?", 1)[0]
     return None if not path or path == ":memory:" else Path(path)
+
+
+def _rebase_artifacts(db: Path, root_uri: str) -> None:
+    """Point a copied or moved store's artifact locations at the artifacts beside its own database.
+
+    MLflow records absolute artifact locations; a store whose folder was copied or moved (with the project) would
+    go on reading and writing the original tree. A location that is another folder's `artifacts` next to a store
+    is the old place of ours: rewrite it (and its runs' URIs) to `root_uri`. Other locations are left alone."""
+    import sqlite3
+
+    if not db.is_file():
+        return
+    try:
+        with sqlite3.connect(db, timeout=30) as con:
+            rows = con.execute("SELECT DISTINCT artifact_location FROM experiments").fetchall()
+            for (old,) in rows:
+                if not old or old == root_uri or not old.startswith("file://") or not old.endswith("/artifacts"):
+                    continue
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (root_uri, old))
+                con.execute(
+                    "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE substr(artifact_uri, 1, ?) = ?",
+                    (root_uri, len(old) + 1, len(old) + 1, old + "/"),
+                )
+    except sqlite3.Error:  # not an MLflow database yet (or read-only): MLflow itself reports what is wrong
+        return
 
 
 def _param_value(value: Any) -> str:
@@ -73,6 +99,7 @@ class Tracker:
             db.parent.mkdir(parents=True, exist_ok=True)
             if artifact_root is None:  # MLflow's default is ./mlruns under whatever the CWD happens to be
                 artifact_root = str(db.parent / "artifacts")
+                _rebase_artifacts(db, resolve(artifact_root).as_uri())
         location = artifact_root
         if artifact_root and "://" not in artifact_root:
             location = resolve(artifact_root).as_uri()
@@ -195,8 +222,10 @@ class Tracker:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         if self.run_id is None:
             return
+        reason = "finished" if error is None else f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+        self.set_tags({END_REASON_TAG: reason})  # why the run ended, for every terminal status
         if error is not None:
-            self.set_tags({"error": f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]})
+            self.set_tags({"error": reason})
             tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             self.log_text(tb, "error.txt")
         self.client.set_terminated(self.run_id, status=status)
