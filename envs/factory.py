@@ -54,7 +54,7 @@ class CoreSource:
     def get(self) -> ISPTaskCore:
         if self._core is None:
             from posisp_dist.cache import open_cache, reference_namespace
-            from posisp_dist.data.shards import RawDataset
+            from posisp_dist.data.shards import DataError, RawDataset
             from posisp_dist.isp.xp import get_xp
             from posisp_dist.tasks import load_task_model
 
@@ -63,18 +63,46 @@ class CoreSource:
             device = self.device or ("cuda" if xp.__name__ == "cupy" else "cpu")
             if self.shipment is not None:  # object_store transport: reads neither data.root nor task.cache_dir
                 fingerprint = str(self.shipment.manifest["fingerprint"])
-                batch = self.shipment.load(self.split, self.shards(), limit=cfg.env.max_images)
+                try:
+                    batch = self.shipment.load(self.split, self.shards(), limit=cfg.env.max_images)
+                except DataError as err:
+                    end_actor_on_data_error(err)
+                    raise
                 task = self.shipment.task_model(cfg.task, device=device)
             else:
                 dataset = RawDataset(cfg.data.root, self.split)
                 fingerprint = dataset.fingerprint
-                batch = dataset.load(self.shards(), limit=cfg.env.max_images)
+                try:
+                    batch = dataset.load(self.shards(), limit=cfg.env.max_images)
+                except DataError as err:
+                    end_actor_on_data_error(err)  # in an EnvRunner actor: ends it, not to be restarted
+                    raise
                 task = load_task_model(cfg.task, cfg.data.root, progress=False, device=device)
             ns = reference_namespace(fingerprint, self.split, task)  # shared across runners and jobs
             env = cfg.env
             args = (env.preview_size, env.cost_lambda, env.brightness_penalty, open_cache(cfg.cache), ns)
             self._core = ISPTaskCore(batch, task, self.registry, xp, *args, kernels=cfg.isp.kernels)
         return self._core
+
+
+DATA_ERROR_EXIT = "posisp data error: "  # opens the exit message of an EnvRunner ended by a DataError
+
+
+def end_actor_on_data_error(err: Exception) -> None:
+    """Inside a Ray actor (an EnvRunner), end the actor for good with `err` as its exit message: a restart would
+    read the same bad file, and RLlib's fault tolerance would otherwise keep the error in the worker's log (the
+    driver recognises the message, `posisp_dist/train/endings.py`). Elsewhere it returns and the caller raises."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return
+    from ray._raylet import raise_sys_exit_with_custom_error_message  # what ray.actor.exit_actor() raises
+
+    raise_sys_exit_with_custom_error_message(f"{DATA_ERROR_EXIT}{err}")
 
 
 def make_env(env_config: dict[str, Any]) -> gym.Env:

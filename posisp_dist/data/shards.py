@@ -41,6 +41,11 @@ SCHEMA = pa.schema(
 )
 
 
+class DataError(ValueError):
+    """A data file is corrupt, unreadable or malformed; the message names it. Not retryable: a restarted worker
+    would read the same bytes, so the training driver fails the run on it instead of restarting EnvRunners."""
+
+
 @dataclass
 class RawBatch:
     """A set of same-sized raw captures with annotations, as host arrays."""
@@ -105,25 +110,25 @@ def table_to_batch(table: pa.Table, source: str = "table") -> RawBatch:
     """Decode a shard table; raises ValueError naming `source` if a row is malformed."""
     missing = set(SCHEMA.names) - set(table.column_names)
     if missing:
-        raise ValueError(f"{source}: not a posisp raw shard, missing columns {sorted(missing)}")
+        raise DataError(f"{source}: not a posisp raw shard, missing columns {sorted(missing)}")
     d = table.to_pydict()
     n = table.num_rows
     if n == 0:
-        raise ValueError(f"{source}: shard holds no rows")
+        raise DataError(f"{source}: shard holds no rows")
     h, w = int(d["height"][0]), int(d["width"][0])
     if any(hh != h or ww != w for hh, ww in zip(d["height"], d["width"], strict=True)):
-        raise ValueError(f"{source}: images of different sizes in one shard")
+        raise DataError(f"{source}: images of different sizes in one shard")
     raw = np.empty((n, h, w), np.uint16)
     srgb = np.empty((n, h, w, 3), np.uint8)
     for i in range(n):
         r, s = d["raw"][i], d["srgb"][i]
         if len(r) != h * w * 2 or len(s) != h * w * 3:
-            raise ValueError(f"{source}: row {i} (id {d['id'][i]}) has a raw or sRGB buffer of the wrong size")
+            raise DataError(f"{source}: row {i} (id {d['id'][i]}) has a raw or sRGB buffer of the wrong size")
         raw[i] = np.frombuffer(r, "<u2").reshape(h, w)
         srgb[i] = np.frombuffer(s, np.uint8).reshape(h, w, 3)
     cfas = set(d["cfa"])
     if len(cfas) != 1:
-        raise ValueError(f"{source}: mixed CFA patterns {cfas}")
+        raise DataError(f"{source}: mixed CFA patterns {cfas}")
     return RawBatch(
         ids=np.asarray(d["id"], np.int64),
         raw=raw,
@@ -187,7 +192,7 @@ def read_shard_bytes(data: Any, source: str) -> RawBatch:
     try:
         table = pq.read_table(pa.BufferReader(pa.py_buffer(data)), schema=SCHEMA)
     except (pa.ArrowInvalid, OSError) as e:
-        raise ValueError(f"shard {source} is corrupt or unreadable: {e}") from None
+        raise DataError(f"shard {source} is corrupt or unreadable: {e}") from None
     return table_to_batch(table, source)
 
 
@@ -224,7 +229,7 @@ class RawDataset:
         try:
             table = pq.read_table(path, schema=SCHEMA)
         except (pa.ArrowInvalid, OSError) as e:
-            raise ValueError(f"shard {path} is corrupt or unreadable: {e}") from None
+            raise DataError(f"shard {path} is corrupt or unreadable: {e}") from None
         return table_to_batch(table, path)
 
     def shards_for_worker(self, worker_index: int, num_workers: int) -> list[int]:

@@ -192,6 +192,7 @@ def train(
     injection in tests)."""
     from tqdm.auto import tqdm
 
+    from posisp_dist.train.endings import signals_end_the_run
     from posisp_dist.train.report import final_report, method_name
 
     if cfg is None and resume_run_id is None:
@@ -207,13 +208,14 @@ def train(
         tracker.start(run_name=f"{method_name(cfg)}-seed{cfg.seed}", tags=nested)
     total = iterations or cfg.train.iterations
     started_ray = False
-    with tracker:
+    with signals_end_the_run() as reinstall_signal_handlers, tracker:  # SIGTERM/SIGINT: the run ends KILLED
         if not resume_run_id:
             tracker.log_params(flatten(cfg))
             tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
         tracker.set_tags({**run_tags(cfg.isp.backend, _device(cfg)), "posisp.method": method_name(cfg)})
         _prepare(cfg, progress)
         started_ray = _ray_init(cfg)
+        reinstall_signal_handlers()  # ray.init replaced our SIGTERM handler with its sys.exit
         try:
             summary = _train_loop(cfg, tracker, total, progress, tqdm, on_iteration)
             summary.update(final_report(cfg, tracker, summary["checkpoint"]))
@@ -242,6 +244,7 @@ def _train_loop(
     cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm: Any, on_iteration: Any = None
 ) -> dict[str, Any]:
     from posisp_dist.train.algo_config import build_algo_config
+    from posisp_dist.train.endings import EnvRunnerDataErrors
     from posisp_dist.train.runners import restart_events
 
     run_id = str(tracker.run_id)
@@ -253,6 +256,7 @@ def _train_loop(
         shipment = ship(cfg)
     algo = build_algo_config(cfg, shipment).build_algo()
     state = DriverState()
+    data_errors = EnvRunnerDataErrors()  # a corrupt shard in a remote EnvRunner fails the run, naming the file
     try:
         ckpt = find_resume_checkpoint(tracker, local)
         if ckpt is not None:
@@ -268,7 +272,13 @@ def _train_loop(
         uploaded, val_core = None, None
         while state.iteration < total:
             t0 = time.perf_counter()
-            result = algo.train()
+            try:
+                with data_errors:
+                    result = algo.train()
+            except Exception as exc:  # e.g. no samples at all once every runner failed: the data error says why
+                data_errors.raise_if_any(exc)
+                raise
+            data_errors.raise_if_any()  # before this iteration, trained on part of the data, is checkpointed
             runners = result.get("env_runners", {})
             state.iteration += 1
             state.env_steps += int(runners.get("num_env_steps_sampled", 0) or 0)

@@ -1,0 +1,103 @@
+"""Every way a training ends leaves its MLflow run terminal with the reason recorded: a corrupt shard read in a
+remote EnvRunner fails the run naming the file (checkpoints kept), SIGTERM and SIGINT end it KILLED with one line
+on the console and no traceback."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_fault_tolerance import _kill_session, _wait_for_iterations, driver_process, small_raw  # noqa: F401
+
+from posisp_dist.config import Config
+from posisp_dist.data.shards import DataError, RawDataset
+from posisp_dist.train.endings import data_error_of
+from posisp_dist.train.tracking import END_REASON_TAG, Tracker
+
+
+def test_a_corrupt_shard_in_an_env_runner_fails_the_run_naming_the_file_and_keeps_checkpoints(
+    tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path
+):
+    from posisp_dist.train.driver import train
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    raw = small_raw(tiny_cfg, tmp_path, iterations=1, runners=2)
+    raw["data"]["root"] = str(root)
+    cfg = Config.model_validate(raw)
+    first = train(cfg, progress=False)  # one good iteration: a checkpoint to keep
+    ckpt = Path(first["checkpoint"])
+    assert ckpt.is_dir()
+
+    victim = Path(RawDataset(root, "train").shard_paths[1])  # read by EnvRunner 2 only (shards 1, 3)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])  # truncated, as by a full disk
+    with pytest.raises(DataError, match=victim.name):
+        train(resume_run_id=first["run_id"], tracking_uri=cfg.tracking.uri, iterations=3, progress=False)
+    tracker = Tracker(str(cfg.tracking.uri), cfg.tracking.experiment)
+    run = tracker.get_run(first["run_id"])
+    assert run.info.status == "FAILED"
+    assert str(victim) in run.data.tags["error"] and str(victim) in run.data.tags[END_REASON_TAG]
+    assert [int(v) for _, v in tracker.history("charts/iteration", first["run_id"])] == [1]  # no half-data iteration
+    assert ckpt.is_dir() and any(ckpt.iterdir())  # the checkpoint is still there to resume from
+    assert f"checkpoints/{ckpt.name}" in {a.path for a in tracker.client.list_artifacts(first["run_id"], "checkpoints")}
+
+
+def test_a_data_error_is_found_inside_a_ray_task_error_and_an_actor_death_is_not_one():
+    import ray.exceptions
+
+    err = DataError("shard /x/part-00001.parquet is corrupt or unreadable: truncated")
+    wrapped = ray.exceptions.RayTaskError("sample", "Traceback ...", err).as_instanceof_cause()
+    assert data_error_of(wrapped) is not None and "part-00001" in str(data_error_of(wrapped))
+    assert data_error_of(ray.exceptions.RayActorError()) is None  # a dead process restarts: no data error
+    assert data_error_of(RuntimeError("x")) is None
+
+
+def _wait_for_params(tracker: Tracker, proc, log: Path, timeout: float) -> str:
+    """Run id once the driver logged the run's params (it is then inside its signal handling)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"the driver exited early:\n{log.read_text()[-3000:]}"
+        runs = tracker.client.search_runs([tracker.experiment_id])
+        if runs and runs[0].data.params:
+            return runs[0].info.run_id
+        time.sleep(0.2)
+    raise TimeoutError(f"no run with params within {timeout} s")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_run_killed_with_its_reason_and_no_traceback(
+    signum, tiny_cfg, tiny_data, tiny_task, tmp_path, driver_process  # noqa: F811
+):
+    raw = small_raw(tiny_cfg, tmp_path, iterations=500, runners=1)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    tracker = Tracker(raw["tracking"]["uri"], "posisp")
+    proc = driver_process(path)
+    log = tmp_path / "driver.log"
+    if signum == signal.SIGTERM:  # mid-training, with Ray up (ray.init installs its own SIGTERM handler)
+        run_id = _wait_for_iterations(tracker, proc, log, 1, timeout=180)
+    else:  # as early as the run exists
+        run_id = _wait_for_params(tracker, proc, log, timeout=180)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=120) == 128 + signum
+    _kill_session(proc.pid)
+    run = tracker.get_run(run_id)
+    name = signal.Signals(signum).name
+    assert run.info.status == "KILLED" and name in run.data.tags[END_REASON_TAG]
+    text = log.read_text()
+    assert "Traceback" not in text and f"stopped by {name}" in text
+
+
+def test_a_finished_and_a_failed_run_record_why_they_ended(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "posisp")
+    with tracker:
+        ok = tracker.start(run_name="ok")
+    with pytest.raises(ValueError), tracker:
+        bad = tracker.start(run_name="bad")
+        raise ValueError("bad input")
+    assert tracker.get_run(ok).data.tags[END_REASON_TAG] == "finished"
+    assert tracker.get_run(bad).data.tags[END_REASON_TAG] == "ValueError: bad input"
