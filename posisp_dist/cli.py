@@ -192,20 +192,31 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from posisp_dist.isp.executor import ISPExecutor
     from posisp_dist.isp.registry import DEFAULT_REGISTRY
     from posisp_dist.isp.xp import get_xp
-    from posisp_dist.train.apply import apply_files
+    from posisp_dist.train.apply import apply_files, expand_inputs, output_dir
     from posisp_dist.train.driver import fetch_run
     from posisp_dist.train.inference import load_policy
 
+    output_dir(args.output)  # a bad -o or a folder without raw files fails before the policy loads
+    expand_inputs(args.inputs)
     cfg, ckpt, _ = fetch_run(args.run, args.tracking_uri)
     executor = ISPExecutor(DEFAULT_REGISTRY.subset(cfg.isp.modules), get_xp(cfg.isp.backend), cfg.isp.kernels)
     from posisp_dist.train.report import stepwise_steps
 
-    records = apply_files(
-        load_policy(ckpt), executor, cfg.env.preview_size, args.inputs, args.output, stepwise_steps(cfg)
+    result = apply_files(
+        load_policy(ckpt), executor, cfg.env.preview_size, args.inputs, args.output, stepwise_steps(cfg),
+        progress=not args.quiet,
     )
-    for r in records:
+    for r in result.records:
         print(f"{r['input']} -> {r['output']}: {' > '.join(r['modules']) or '(no modules)'}")
-    return 0
+    if result.contact_sheet:
+        print(f"contact sheet: {result.contact_sheet}")
+    for f in result.failures:
+        print(f"posisp: error: {f['error']}" if f["input"] in f["error"] else f"{f['input']}: {f['error']}",
+              file=sys.stderr)
+    if result.failures:
+        print(f"posisp: {len(result.failures)} of {len(result.failures) + len(result.records)} inputs failed",
+              file=sys.stderr)
+    return 1 if result.failures else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -304,9 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = sub.add_parser("apply", help="process DNG / raw .npz files with a trained policy")
     ap.add_argument("--run", required=True, metavar="RUN_ID")
-    ap.add_argument("inputs", nargs="+", help="DNG (or any LibRaw raw) or .npz files")
-    ap.add_argument("-o", "--output", required=True, help="directory for PNGs and pipeline JSON")
+    ap.add_argument("inputs", nargs="+", help="DNG (or any LibRaw raw) or .npz files, or folders of them")
+    ap.add_argument("-o", "--output", required=True, help="directory for PNGs, pipeline JSON and the contact sheet")
     ap.add_argument("--tracking-uri")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.set_defaults(fn=cmd_apply)
 
     cp = sub.add_parser("compare", help="sequence PPO vs image-blind vs step-wise PPO vs search, equal budgets")

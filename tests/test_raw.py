@@ -67,3 +67,16 @@ def test_input_raw_and_camera_isp_references():
     assert out.mean() > lin.mean()  # gamma + tone brighten linear data
     with pytest.raises(ValueError, match="white_level > black_level"):
         input_raw(counts, np.full(2, 300.0), np.full(2, 200.0))
+
+
+@pytest.mark.parametrize("bad, match", [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (-3.0, "negative")])
+def test_check_bayer_refuses_non_finite_and_negative_counts(xp, bad, match):
+    from posisp_dist.isp.raw import check_bayer
+
+    mosaic = xp.full((1, 8, 8), 100.0, dtype=xp.float32)
+    check_bayer(mosaic)  # finite, non-negative: fine
+    mosaic[0, 3, 5] = bad
+    with pytest.raises(ValueError, match=match):
+        check_bayer(mosaic)
+    with pytest.raises(ValueError, match="negative"):
+        check_bayer(np.full((8, 8), -1, dtype=np.int32), batched=False)

@@ -23,6 +23,13 @@ def check_bayer(bayer: Array, *, batched: bool = True) -> None:
     h, w = shape[-2:]
     if h < 4 or w < 4 or h % 2 or w % 2:
         raise ValueError(f"raw mosaic height and width must be even and >= 4 for a 2x2 CFA, got {h}x{w}")
+    kind = bayer.dtype.kind
+    if kind not in "uif":
+        raise ValueError(f"raw mosaic must hold numbers (sensor counts), got dtype {bayer.dtype}")
+    if kind == "f" and bool(((bayer - bayer) != 0).any()):  # x - x is nan exactly for nan and +-inf (any xp)
+        raise ValueError("raw mosaic holds NaN or infinite values; sensor counts are finite")
+    if kind != "u" and bool((bayer < 0).any()):
+        raise ValueError("raw mosaic holds negative values; sensor counts are >= 0")
 
 
 def cfa_channel_map(cfa: str) -> np.ndarray:
