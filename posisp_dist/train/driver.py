@@ -156,13 +156,11 @@ def fetch_run(run_id: str, tracking_uri: str | None = None) -> tuple[Config, Pat
 
 
 def _ray_init(cfg: Config) -> bool:
-    """Join `train.ray_address` (or RAY_ADDRESS, as under `ray job submit`) or start a local Ray; True if started."""
-    import ray
+    """Join `train.ray_address` (or RAY_ADDRESS, as under `ray job submit`) or start a local Ray (loopback only,
+    `train/ray_local.py`); True if started."""
+    from posisp_dist.train.ray_local import init_ray
 
-    if ray.is_initialized():
-        return False
-    ray.init(address=cfg.train.ray_address, include_dashboard=False, log_to_driver=False)
-    return True
+    return init_ray(cfg.train.ray_address)
 
 
 def _prepare(cfg: Config, progress: bool) -> None:

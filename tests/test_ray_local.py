@@ -1,0 +1,67 @@
+"""The local Ray a training starts listens on loopback only and serves no metrics; Ray's notices that a user cannot
+act on (token notice, new API stack, RLModule deprecation, gputil) stay off the console."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from posisp_dist.train.ray_local import QUIET_NOTICES, quiet_ray_notices
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROBE = r"""
+import json, os, re, subprocess
+from posisp_dist.train.ray_local import init_ray
+import ray
+assert init_ray(None)
+session = ray._private.worker._global_node.get_session_dir_path()
+found = []
+for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
+    cols = line.split()
+    for pid in re.findall(r"pid=(\d+)", " ".join(cols[5:])):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if session in cmd or int(pid) == os.getpid():
+            found.append([cols[3], cmd[:80]])
+print("POSISP-LISTEN", json.dumps(found))
+ray.shutdown()
+"""
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to list listening sockets")
+def test_a_local_ray_listens_on_loopback_only_and_prints_no_token_notice():
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    env["RAY_TMPDIR"] = tmp = tempfile.mkdtemp(prefix="pxl", dir="/tmp")  # short: Ray's socket paths must fit
+    try:
+        out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, cwd=REPO,
+                             timeout=240)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("POSISP-LISTEN "))
+    listeners = json.loads(line.split(" ", 1)[1])
+    assert len(listeners) >= 3  # GCS, raylet, the driver's own core worker at least
+    exposed = [(addr, cmd) for addr, cmd in listeners if not addr.rsplit(":", 1)[0].strip("[]").endswith("127.0.0.1")]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    assert "Token authentication is enabled" not in out.stderr
+
+
+@pytest.mark.parametrize("name, start", QUIET_NOTICES)
+def test_rays_unactionable_notices_are_dropped_and_other_records_pass(name, start, caplog):
+    quiet_ray_notices()
+    log = logging.getLogger(name)
+    with caplog.at_level(logging.WARNING, logger=name):
+        log.warning(start + " and the rest of the notice")
+        log.warning("a warning that matters")
+    assert [r.getMessage() for r in caplog.records if r.name == name] == ["a warning that matters"]
