@@ -7,8 +7,8 @@ from envs.sequence_isp import SequenceISPEnv, SequenceISPVectorEnv, sequence_act
 from envs.stepwise_isp import StepwiseISPEnv, StepwiseISPVectorEnv
 
 if "posisp/SequenceISP-v0" not in gym.registry:
-    gym.register(id="posisp/SequenceISP-v0", entry_point="envs.sequence_isp:SequenceISPEnv")
+    gym.register(id="posisp/SequenceISP-v0", entry_point="envs.registration:sequence_env")
 if "posisp/StepwiseISP-v0" not in gym.registry:
-    gym.register(id="posisp/StepwiseISP-v0", entry_point="envs.stepwise_isp:StepwiseISPEnv")
+    gym.register(id="posisp/StepwiseISP-v0", entry_point="envs.registration:stepwise_env")
 
 __all__ = ["SequenceISPEnv", "SequenceISPVectorEnv", "StepwiseISPEnv", "StepwiseISPVectorEnv", "sequence_action_space"]

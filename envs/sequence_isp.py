@@ -15,6 +15,15 @@ if TYPE_CHECKING:
     from envs.factory import CoreSource
 
 
+def action_parts(action: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(modules, params) of a dict action; a clear error when it is not a dict with both keys."""
+    missing = [k for k in ("modules", "params") if not isinstance(action, dict) or k not in action]
+    if missing:
+        got = sorted(action) if isinstance(action, dict) else type(action).__name__
+        raise ValueError(f"action must be a dict with 'modules' and 'params'; missing {missing}, got {got}")
+    return np.asarray(action["modules"]), np.asarray(action["params"])
+
+
 def sequence_action_space(n_modules: int, max_len: int, n_params: int) -> spaces.Dict:
     """Dict(modules = MultiDiscrete([M+1] * L), params = Box[0, 1]^P); id M is STOP."""
     return spaces.Dict(
@@ -80,7 +89,7 @@ class SequenceISPEnv(CoreBound, gym.Env):
     def step(self, action: dict[str, Any]):
         if self._idx is None:
             raise RuntimeError("call reset() before step(): the episode has ended or not started")
-        tokens, params = np.asarray(action["modules"])[None], np.asarray(action["params"])[None]
+        tokens, params = (a[None] for a in action_parts(action))
         r = self.core.evaluate(np.array([self._idx]), tokens, params, self.max_len)
         obs = self.core.previews[self._idx]
         self._idx = None

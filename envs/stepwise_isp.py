@@ -14,7 +14,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from envs.core import CoreBound, ISPTaskCore, area_downsample, brightness_penalty
-from envs.sequence_isp import sequence_action_space
+from envs.sequence_isp import action_parts, sequence_action_space
 from posisp_dist.isp.xp import to_numpy
 
 if TYPE_CHECKING:
@@ -150,7 +150,8 @@ class StepwiseISPEnv(CoreBound, gym.Env):
     def step(self, action: dict[str, Any]):
         if self._done or self._ep is None:
             raise RuntimeError("call reset() before step(): the episode has ended or not started")
-        r = self._ep.step(np.ones(1, bool), np.asarray(action["modules"]), np.asarray(action["params"])[None])
+        modules, params = action_parts(action)
+        r = self._ep.step(np.ones(1, bool), modules, params[None])
         self._done = bool(r["terminated"][0])
         info = {k: float(v[0]) for k, v in r.items() if k not in ("reward", "terminated")}
         return self._ep.observation()[0], float(r["reward"][0]), self._done, False, info
