@@ -193,3 +193,42 @@ def test_a_copied_store_reads_and_writes_artifacts_in_its_own_tree(tmp_path):
         moved.log_text("new", "new.txt")
     assert len(list((copy / "artifacts").rglob("new.txt"))) == 1
     assert not (tmp_path / "project").exists()  # nothing written back into the original tree
+
+
+RO_PROBE = r"""
+import subprocess, sys, time
+src, mnt = sys.argv[1], sys.argv[2]
+subprocess.run(["mount", "--bind", src, mnt], check=True)
+subprocess.run(["mount", "-o", "remount,ro,bind", mnt], check=True)
+from posisp_dist.cli import main
+t0 = time.monotonic()
+rc_new = main(["train", "--config", "configs/quick.yaml", "--tracking-uri", f"sqlite:///{mnt}/new/mlflow.db"])
+print("NEW", rc_new, round(time.monotonic() - t0, 1), flush=True)
+rc_old = main(["train", "--config", "configs/quick.yaml", "--tracking-uri", f"sqlite:///{mnt}/mlflow.db"])
+print("OLD", rc_old, flush=True)
+"""
+
+
+def test_read_only_sqlite_stores_fail_fast_in_one_line(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        pytest.skip("needs a private mount namespace (unshare -m) to make a read-only mount")
+    src, mnt = tmp_path / "store", tmp_path / "mnt"
+    (src / "new").mkdir(parents=True)
+    mnt.mkdir()
+    with Tracker(default_tracking_uri(src), "posisp") as existing:
+        existing.start(run_name="made before the mount went read-only")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["unshare", "-m", sys.executable, "-c", RO_PROBE, str(src), str(mnt)], cwd=repo,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    new = next(line.split() for line in out.stdout.splitlines() if line.startswith("NEW"))
+    assert new[1] == "2" and float(new[2]) < 60  # not MLflow's minutes of retries
+    assert "OLD 2" in out.stdout
+    errors = [line for line in out.stderr.splitlines() if line.startswith("posisp: error:")]
+    assert len(errors) == 2 and "cannot be created" in errors[0] and "read-only" in errors[1]
+    assert "Traceback" not in out.stderr

@@ -43,6 +43,23 @@ def _sqlite_path(uri: str) -> Path | None:
     return None if not path or path == ":memory:" else Path(path)
 
 
+def _check_sqlite_store(db: Path, uri: str) -> str | None:
+    """Fail at once, in one line, where a sqlite store cannot be created (MLflow would retry for minutes); return
+    why an existing store is read-only (it can be read, not logged to), or None."""
+    hint = "set tracking.uri (or --tracking-uri) to a writable place"
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrackingError(f"MLflow store {uri}: cannot make {db.parent} ({e.strerror or e}); {hint}") from None
+    if not db.exists():
+        if not os.access(db.parent, os.W_OK):
+            raise TrackingError(f"MLflow store {uri} cannot be created: {db.parent} is not writable; {hint}")
+        return None
+    if not (os.access(db, os.W_OK) and os.access(db.parent, os.W_OK)):  # sqlite writes a journal beside the file
+        return f"MLflow store {uri} is read-only ({db} or its folder is not writable); {hint}"
+    return None
+
+
 def _rebase_artifacts(db: Path, root_uri: str) -> None:
     """Point a copied or moved store's artifact locations at the artifacts beside its own database.
 
@@ -95,8 +112,9 @@ class Tracker:
         self.uri = uri
         self.run_id: str | None = None
         db = _sqlite_path(uri)
+        self.read_only_reason: str | None = None
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            self.read_only_reason = _check_sqlite_store(db, uri)
             if artifact_root is None:  # MLflow's default is ./mlruns under whatever the CWD happens to be
                 artifact_root = str(db.parent / "artifacts")
                 _rebase_artifacts(db, resolve(artifact_root).as_uri())
@@ -123,8 +141,13 @@ class Tracker:
             self.client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
 
+    def _writable(self) -> None:
+        if self.read_only_reason:
+            raise TrackingError(self.read_only_reason)
+
     def attach(self, run_id: str) -> str:
         """Log into an existing run without changing its status (eval results on a finished run)."""
+        self._writable()
         self.run_id = self.get_run(run_id).info.run_id
         return self.run_id
 
@@ -139,6 +162,7 @@ class Tracker:
         self, run_name: str | None = None, resume_run_id: str | None = None, tags: dict[str, str] | None = None
     ) -> str:
         """Start a new run, or reopen an existing one (status back to RUNNING); returns the run id."""
+        self._writable()
         if resume_run_id:
             run = self.get_run(resume_run_id)
             self.client.update_run(resume_run_id, status="RUNNING", name=run_name)
