@@ -22,6 +22,7 @@ QUIET_NOTICES = (
     ("ray.rllib.algorithms.algorithm_config", "You are running PPO on the new API stack"),
     ("ray._common.deprecation", "DeprecationWarning: `RLModule(config="),  # RLlib builds its own modules so
     ("ray.tune.utils.util", "Install gputil"),
+    ("ray.tune.trainable.trainable", "Trainable.setup took"),
 )
 
 
