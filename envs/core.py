@@ -4,6 +4,7 @@ one executor call and one task-model batch."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -44,6 +45,8 @@ class StepResult:
     tokens: np.ndarray  # (N, L)
     params: np.ndarray  # (N, P) normalised
     output: Any = None  # (N, H, W, 3) ISP outputs, when asked for
+    param_grad: np.ndarray | None = None  # (N, P) d(task loss + brightness penalty)/d(normalised params)
+    pathwise_loss: np.ndarray | None = None  # (N,) that loss, from the torch twin
 
 
 class ISPTaskCore:
@@ -61,6 +64,7 @@ class ISPTaskCore:
         score_cache: ScoreCache | None = None,
         cache_namespace: str | None = None,
         kernels: str = "fast",
+        pathwise_backward: str = "exact",
     ) -> None:
         if len(batch) == 0:
             raise ValueError("the environment needs at least one image")
@@ -68,6 +72,7 @@ class ISPTaskCore:
         self.preview_size = preview_size
         self.executor = ISPExecutor(registry, xp, kernels)
         self.cost_lambda, self.use_brightness = cost_lambda, brightness
+        self.pathwise_backward = pathwise_backward  # torch_twin.run_pipelines(backward=...)
         self.images = input_raw(xp.asarray(batch.raw), batch.black_level, batch.white_level, batch.cfa, xp)
         self.previews = area_downsample(to_numpy(self.images), preview_size).astype(np.float32)
         self.targets = batch.targets
@@ -76,6 +81,8 @@ class ISPTaskCore:
         self.ref_penalty = brightness_penalty(self.images, xp)
         self.task_calls = 0  # task-model batches
         self.task_images = 0  # images scored by the task model
+        self.task_backward_images = 0  # images whose task loss was backpropagated (pathwise learner)
+        self.pathwise_seconds = 0.0  # time spent in the torch twin and its backward pass
 
     def __len__(self) -> int:
         return len(self.batch)
@@ -122,15 +129,27 @@ class ISPTaskCore:
         return t, p.astype(np.float32)
 
     def evaluate(
-        self, idx: np.ndarray, tokens: Any, params: Any, max_len: int | None = None, keep_output: bool = False
+        self,
+        idx: np.ndarray,
+        tokens: Any,
+        params: Any,
+        max_len: int | None = None,
+        keep_output: bool = False,
+        param_grad: bool = False,
     ) -> StepResult:
-        """Run N pipelines on images `idx` in one executor call and score them in one task batch."""
+        """Run N pipelines on images `idx` in one executor call and score them in one task batch. With
+        `param_grad` (the pathwise learner) the pipelines run once through the differentiable torch twin
+        instead, and the same task-model forward pass gives the score and, backpropagated, the gradient of
+        each image's task loss w.r.t. its normalised params."""
         idx = np.asarray(idx)
         t, p = self.check_action(tokens, params, len(idx), max_len or np.asarray(tokens).shape[-1])
-        sel = self.xp.asarray(idx)
-        out = self.executor.run(self.images[sel], t, p)
         targets = [self.targets[i] for i in idx]
-        score = np.asarray(self.task.score(out, targets), np.float64)
+        grad = loss = None
+        if param_grad:
+            out, score, grad, loss = self._pathwise(idx, t, p, targets)
+        else:
+            out = self.executor.run(self.images[self.xp.asarray(idx)], t, p)
+            score = np.asarray(self.task.score(out, targets), np.float64)
         self.task_calls += 1
         self.task_images += len(idx)
         length = sequence_lengths(t, self.registry.n_modules)
@@ -141,7 +160,42 @@ class ISPTaskCore:
         if self.use_brightness:
             reward -= brightness_penalty(out, self.xp) - self.ref_penalty[idx]
         reward = np.where(length == 0, 0.0, reward)  # STOP-only: the input itself, exactly 0
-        return StepResult(reward, score, self.ref_score[idx], cost, length, t, p, out if keep_output else None)
+        kept = out if keep_output else None
+        return StepResult(reward, score, self.ref_score[idx], cost, length, t, p, kept, grad, loss)
+
+    def _pathwise(self, idx: np.ndarray, tokens: np.ndarray, params: np.ndarray, targets: list) -> tuple[Any, ...]:
+        """The pipelines through the torch twin into the task model's loss (+ the brightness penalty when it
+        is on), one forward and one backward pass -> (outputs as an `xp` batch, (N,) score, (N, P) gradient
+        w.r.t. the normalised params, (N,) loss). Each image's loss depends only on its own params, so the
+        gradient of the summed loss gives every row's own gradient."""
+        import torch
+
+        from posisp_dist.isp.torch_twin import brightness_penalty as penalty
+        from posisp_dist.isp.torch_twin import run_pipelines
+        from posisp_dist.tasks.base import require_differentiable, to_torch_nchw
+
+        require_differentiable(self.task)
+        t0 = time.perf_counter()
+        device = getattr(self.task, "device", "cpu")
+        x = to_torch_nchw(self.images[self.xp.asarray(idx)], device)
+        p = torch.as_tensor(params, dtype=torch.float32, device=device).requires_grad_(True)
+        with torch.enable_grad():
+            out = run_pipelines(x, tokens, p, self.registry, self.pathwise_backward, self.executor.stats)
+            loss, score = self.task.loss_and_score(out, targets)
+            if self.use_brightness:
+                loss = loss + penalty(out)
+            (grad,) = torch.autograd.grad(loss.sum(), p)
+        if not bool(torch.isfinite(grad).all()):
+            raise FloatingPointError(
+                f"non-finite pathwise gradient for images {[int(self.batch.ids[i]) for i in idx]} "
+                f"(pipelines {tokens.tolist()}): the torch twin or the task loss overflowed"
+            )
+        self.pathwise_seconds += time.perf_counter() - t0
+        self.task_backward_images += len(idx)
+        nhwc = out.detach().permute(0, 2, 3, 1).contiguous()
+        images = nhwc.cpu().numpy() if self.xp is np else self.xp.from_dlpack(nhwc)
+        as_np = lambda v: v.detach().cpu().numpy().astype(np.float64)  # noqa: E731
+        return images, np.asarray(score, np.float64), grad.cpu().numpy().astype(np.float32), as_np(loss)
 
 
 class CoreBound:

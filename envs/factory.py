@@ -81,7 +81,10 @@ class CoreSource:
             ns = reference_namespace(fingerprint, self.split, task)  # shared across runners and jobs
             env = cfg.env
             args = (env.preview_size, env.cost_lambda, env.brightness_penalty, open_cache(cfg.cache), ns)
-            self._core = ISPTaskCore(batch, task, self.registry, xp, *args, kernels=cfg.isp.kernels)
+            self._core = ISPTaskCore(
+                batch, task, self.registry, xp, *args, kernels=cfg.isp.kernels,
+                pathwise_backward=cfg.policy.pathwise_backward,
+            )
         return self._core
 
 
@@ -120,4 +123,7 @@ def make_env(env_config: dict[str, Any]) -> gym.Env:
         e = cfg.env
         args = (e.max_steps, e.reuse_penalty, e.all_modules_per_step)
         return StepwiseISPVectorEnv(source, n, *args) if n else StepwiseISPEnv(source, *args)
-    return SequenceISPVectorEnv(source, n, cfg.isp.max_len) if n else SequenceISPEnv(source, cfg.isp.max_len)
+    grad = cfg.policy.param_learning == "pathwise"
+    if n:
+        return SequenceISPVectorEnv(source, n, cfg.isp.max_len, param_grad=grad)
+    return SequenceISPEnv(source, cfg.isp.max_len, param_grad=grad)

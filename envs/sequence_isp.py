@@ -41,7 +41,16 @@ def _info(core: ISPTaskCore, r: StepResult, i: int) -> dict[str, Any]:
         "ref_score": float(r.ref_score[i]),
         "cost": float(r.cost[i]),
         "length": int(r.length[i]),
+        **_pathwise_info(r, i),
     }
+
+
+def _pathwise_info(r: StepResult, i: int | slice) -> dict[str, Any]:
+    """The pathwise learner's part of a step's info: the gradient of the image's task loss w.r.t. its
+    normalised params (`param_grad`, what `train.connectors.AddParamGradToBatch` hands the learner)."""
+    if r.param_grad is None:
+        return {}
+    return {"param_grad": r.param_grad[i], "pathwise_loss": r.pathwise_loss[i]}
 
 
 class SequenceISPEnv(CoreBound, gym.Env):
@@ -65,17 +74,20 @@ class SequenceISPEnv(CoreBound, gym.Env):
     returns exactly 0.
 
     ## Episode End
-    `terminated=True` after the single step; `info` holds the decoded pipeline, the task score and cost.
+    `terminated=True` after the single step; `info` holds the decoded pipeline, the task score and cost,
+    and with `param_grad=True` the pathwise gradient of the task loss w.r.t. the normalised params
+    (`param_grad`, shape (P,)) and that loss (`pathwise_loss`).
 
     ## Arguments
     `core`: an `ISPTaskCore` (images, executor, task model), or a lazy `envs.factory.CoreSource` that loads
-    them at the first reset; `max_len`: longest pipeline L.
+    them at the first reset; `max_len`: longest pipeline L; `param_grad`: also return the pathwise gradient
+    (POS-ISP's parameter learning, through the torch twin of the modules and the task model's loss).
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, core: ISPTaskCore | CoreSource, max_len: int = 10) -> None:
-        self.source, self.max_len = core, max_len
+    def __init__(self, core: ISPTaskCore | CoreSource, max_len: int = 10, param_grad: bool = False) -> None:
+        self.source, self.max_len, self.param_grad = core, max_len, param_grad
         s = core.preview_size
         self.observation_space = spaces.Box(0.0, 1.0, (s, s, 3), np.float32)
         self.action_space = sequence_action_space(core.registry.n_modules, max_len, core.registry.n_params)
@@ -90,7 +102,7 @@ class SequenceISPEnv(CoreBound, gym.Env):
         if self._idx is None:
             raise RuntimeError("call reset() before step(): the episode has ended or not started")
         tokens, params = (a[None] for a in action_parts(action))
-        r = self.core.evaluate(np.array([self._idx]), tokens, params, self.max_len)
+        r = self.core.evaluate(np.array([self._idx]), tokens, params, self.max_len, param_grad=self.param_grad)
         obs = self.core.previews[self._idx]
         self._idx = None
         return obs, float(r.reward[0]), True, False, _info(self.core, r, 0)
@@ -105,9 +117,11 @@ class SequenceISPVectorEnv(CoreBound, VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, core: ISPTaskCore | CoreSource, num_envs: int, max_len: int = 10) -> None:
-        self.source, self.num_envs, self.max_len = core, num_envs, max_len
-        single = SequenceISPEnv(core, max_len)
+    def __init__(
+        self, core: ISPTaskCore | CoreSource, num_envs: int, max_len: int = 10, param_grad: bool = False
+    ) -> None:
+        self.source, self.num_envs, self.max_len, self.param_grad = core, num_envs, max_len, param_grad
+        single = SequenceISPEnv(core, max_len, param_grad)
         self.single_observation_space = single.observation_space
         self.single_action_space = single.action_space
         self.observation_space = gym.vector.utils.batch_space(single.observation_space, num_envs)
@@ -126,9 +140,11 @@ class SequenceISPVectorEnv(CoreBound, VectorEnv):
             obs, info = self.reset()
             zeros = np.zeros(self.num_envs)
             return obs, zeros, zeros.astype(bool), zeros.astype(bool), info
-        r = self.core.evaluate(self._idx, actions["modules"], actions["params"], self.max_len)
+        tokens, params = actions["modules"], actions["params"]
+        r = self.core.evaluate(self._idx, tokens, params, self.max_len, param_grad=self.param_grad)
         obs = self.core.previews[self._idx]
         self._needs_reset = True
         done = np.ones(self.num_envs, bool)
         info = {"task_score": r.task_score, "ref_score": r.ref_score, "cost": r.cost, "length": r.length}
+        info.update(_pathwise_info(r, slice(None)))
         return obs, r.reward, done, np.zeros(self.num_envs, bool), info

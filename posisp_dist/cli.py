@@ -233,6 +233,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seeds(args: argparse.Namespace) -> int:
+    from posisp_dist.train.seeds import markdown, run_seeds
+
+    result = run_seeds(args.config, args.seeds, parse_sets(args.set), args.ppo_params, progress=not args.quiet)
+    print(markdown(result))
+    _write_json(args.json, result)
+    return 0
+
+
 def cmd_cluster_check(args: argparse.Namespace) -> int:
     from posisp_dist.cluster import validate_cluster_yaml
 
@@ -329,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--json", help="write every row and the aggregate to this JSON file")
     cp.add_argument("--quiet", action="store_true")
     cp.set_defaults(fn=cmd_compare)
+
+    sd = sub.add_parser("seeds", help="train + evaluate one config over seeds (data and task model made per seed)")
+    sd.add_argument("--config", required=True)
+    sd.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    sd.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable")
+    sd.add_argument("--ppo-params", action="store_true", help="also the same budget with PPO-learned parameters")
+    sd.add_argument("--json", help="write per-seed rows and the aggregate to this JSON file")
+    sd.add_argument("--quiet", action="store_true")
+    sd.set_defaults(fn=cmd_seeds)
 
     cl = sub.add_parser("cluster", help="Ray cluster YAMLs").add_subparsers(dest="cluster_command", required=True)
     cc = cl.add_parser("check", help="run Ray's own `ray up` config checks on cluster YAMLs, offline")

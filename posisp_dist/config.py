@@ -133,10 +133,11 @@ class TaskConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="images per task-model forward pass")
     score_threshold: float = Field(0.01, ge=0, le=1, description="detections kept for mAP")
     brightness_target: float = Field(0.4, gt=0, lt=1, description="target mean luminance of `brightness_target`")
-    signal: str = Field(
+    signal: Literal["loss", "detection", "mixed", "ap"] = Field(
         "loss",
         description="built-in detector's per-image score: loss (-clip(loss), the paper's), detection "
-        "(detection_scale x matched confidence x IoU, tracks mAP), or mixed (their sum)",
+        "(detection_scale x matched confidence x IoU), mixed (their sum) or ap (detection_scale x the image's "
+        "own COCO AP@[.5:.95]: false positives at any confidence cost, as in mAP)",
     )
     detection_scale: float = Field(10.0, gt=0, description="scale of the detection-quality score")
 
@@ -144,8 +145,6 @@ class TaskConfig(_Strict):
     def _check(self) -> TaskConfig:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"unknown task kind {self.kind!r}; expected one of {TASK_KINDS}")
-        if self.signal not in ("loss", "detection", "mixed"):
-            raise ValueError(f"unknown task signal {self.signal!r}; expected loss, detection or mixed")
         if self.kind in ("torchvision", "ultralytics") and not self.weights:
             raise ValueError(f"task kind {self.kind!r} needs `weights` (a path to user-supplied weights)")
         return self
@@ -211,6 +210,12 @@ class PolicyConfig(_Strict):
         "stays PPO) | ppo (a Beta head trained by PPO from the terminal reward, like the sequence)",
     )
     pathwise_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the parameter network (pathwise)")
+    pathwise_backward: Literal["exact", "fast"] = Field(
+        "fast",
+        description="gradient through the NLM denoise: exact (its full torch graph; ~10x the cost of the rest of "
+        "the pipeline on a CPU) | fast (same value from the fused kernel, image gradient passed straight "
+        "through, d/dh by a central difference); the other modules are always exact",
+    )
 
 
 class PPOConfigModel(_Strict):

@@ -86,3 +86,46 @@ def test_env_runners_bind_their_own_data_shards(tiny_cfg, tiny_data):
     assert seen[0] and seen[1] and not seen[0] & seen[1]  # disjoint images
     single = make_env(EnvContext(env_config(tiny_cfg), worker_index=2, num_workers=2))
     assert single.source.shards() == list(range(1, n_shards, 2))
+
+
+def test_pathwise_gradient_reaches_the_parameter_network_as_the_task_loss_gradient(tiny_cfg, tiny_data, tiny_task):
+    """EnvRunner -> episode infos -> learner connector -> surrogate: the parameter network's gradient equals
+    the gradient of the mean task loss taken directly through the torch twin and the task model, so each
+    timestep's `param_grad` lines up with its own observation and pipeline."""
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    from posisp_dist.isp.torch_twin import brightness_penalty, run_pipelines
+    from posisp_dist.tasks.base import to_torch_nchw
+    from posisp_dist.train.pathwise import PARAM_GRAD, pathwise_surrogate
+
+    raw = tiny_cfg.model_dump(mode="json")
+    raw["policy"]["param_learning"] = "pathwise"
+    algo = tiny_algo_config(type(tiny_cfg).model_validate(raw))
+    runner = SingleAgentEnvRunner(config=algo)
+    episodes = runner.sample(num_timesteps=16)
+    core = runner.env.unwrapped.core
+    learner = algo.build_learner()
+    module = learner.module["default_policy"]
+    module.set_state(runner.module.get_state())  # the runner's copy of the weights produced the gradients
+    pipeline = algo.build_learner_connector(input_observation_space=None, input_action_space=None)
+    b = pipeline(rl_module=learner.module, batch={}, episodes=episodes, explore=False, shared_data={})["default_policy"]
+    g = torch.as_tensor(np.asarray(b[PARAM_GRAD]))
+    assert g.shape == (16, core.registry.n_params) and torch.isfinite(g).all() and g.abs().sum() > 0
+
+    obs = torch.as_tensor(np.asarray(b[Columns.OBS]))
+    tokens = np.asarray(b[Columns.ACTIONS]["modules"])
+    rows = [int(np.nonzero(core.batch.ids == e.get_infos(0)["image_id"])[0][0]) for e in episodes]
+    net = module.net
+
+    net.zero_grad()
+    pathwise_surrogate(net.params(obs), g).backward()
+    via_learner = net.param_out.weight.grad.clone()
+    net.zero_grad()
+    x = to_torch_nchw(core.images[rows], "cpu")
+    out = run_pipelines(x, tokens, net.params(obs), core.registry, core.pathwise_backward)
+    loss = tiny_task.loss_and_score(out, [core.targets[r] for r in rows])[0] + brightness_penalty(out)
+    loss.mean().backward()
+    direct = net.param_out.weight.grad.clone()
+    assert direct.abs().sum() > 0
+    torch.testing.assert_close(via_learner, direct, rtol=1e-3, atol=1e-6)

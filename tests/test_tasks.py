@@ -194,3 +194,50 @@ def test_vectorised_prediction_score_equals_the_per_image_definition():
     got = prediction_score(dets, targets)
     np.testing.assert_allclose(got, _prediction_score_loop(dets, targets), atol=1e-6)
     assert 0.0 < got.mean() < 1.0 and len(set(np.round(got, 3))) > 5  # a spread of qualities, not a constant
+
+
+def _random_scene(rng, n_classes=2):
+    n_gt = int(rng.integers(1, 4))
+    xy, wh = rng.uniform(0, 80, (n_gt, 2)), rng.uniform(10, 40, (n_gt, 2))
+    gt = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    labels = rng.integers(0, n_classes, n_gt)
+    nd = int(rng.integers(0, 7))
+    pick = rng.integers(0, n_gt, nd)
+    boxes = (gt[pick] + rng.normal(0, 4, (nd, 4))).astype(np.float32).reshape(-1, 4)
+    det_labels = np.where(rng.random(nd) < 0.8, labels[pick], rng.integers(0, n_classes, nd))
+    return {"boxes": boxes, "scores": rng.random(nd).astype(np.float32), "labels": det_labels}, {
+        "boxes": gt,
+        "labels": labels,
+    }
+
+
+def test_per_image_ap_is_the_coco_map_of_that_image_alone():
+    """On a one-image, one-class data set, pycocotools' mAP@.5:.95 is the image's own AP: per_image_ap must
+    equal it, batch rows independent of each other."""
+    from posisp_dist.tasks.metrics import per_image_ap
+
+    rng = np.random.default_rng(0)
+    scenes = [_random_scene(rng, n_classes=1) for _ in range(40)]
+    dets, tgts = [s[0] for s in scenes], [s[1] for s in scenes]
+    batched = per_image_ap(dets, tgts) * 100
+    for i, (d, t) in enumerate(scenes):
+        assert batched[i] == pytest.approx(coco_map([d], [t], 1, (128, 128))["map"], abs=0.05), i
+
+
+def test_per_image_ap_pays_for_false_positives_that_matched_confidence_ignores():
+    """A confident-enough false positive ranked above the true positive lowers mAP and the image's AP, while
+    the matched-confidence signal (`prediction_score`) does not move: the gap the `ap` signal closes."""
+    from posisp_dist.tasks.metrics import per_image_ap
+
+    gt = {"boxes": np.array([[10, 10, 40, 40]], np.float32), "labels": np.array([0])}
+    tp = {"boxes": np.array([[10, 10, 40, 40]], np.float32), "scores": np.array([0.25], np.float32), "labels": [0]}
+    fp_box = np.array([[70, 70, 100, 100]], np.float32)
+    with_fp = {
+        "boxes": np.concatenate([tp["boxes"], fp_box]),
+        "scores": np.array([0.25, 0.28], np.float32),
+        "labels": np.array([0, 0]),
+    }
+    tp["labels"] = np.array([0])
+    assert prediction_score([with_fp], [gt])[0] == pytest.approx(prediction_score([tp], [gt])[0])
+    assert per_image_ap([with_fp], [gt])[0] < per_image_ap([tp], [gt])[0]
+    assert coco_map([with_fp], [gt], 1, (128, 128))["map"] < coco_map([tp], [gt], 1, (128, 128))["map"]

@@ -13,11 +13,13 @@ from pydantic import Field, ValidationError, model_validator
 
 from posisp_dist.config import Config, ConfigError, _Strict, load_config
 
+PPO_PARAMS = {"param_learning": "ppo"}
 METHODS = {  # method -> config overrides (section -> fields)
-    "sequence_ppo": {},
-    "sequence_ppo_blind": {"policy": {"image_blind": True}},
-    "stepwise_ppo": {"env": {"kind": "stepwise"}},
-    "stepwise_ppo_adaptiveisp": {"env": {"kind": "stepwise", "all_modules_per_step": True}},
+    "sequence_ppo": {"policy": {"param_learning": "pathwise"}},
+    "sequence_ppo_blind": {"policy": {"image_blind": True, "param_learning": "pathwise"}},
+    "sequence_ppo_ppo_params": {"policy": PPO_PARAMS},
+    "stepwise_ppo": {"env": {"kind": "stepwise"}, "policy": PPO_PARAMS},
+    "stepwise_ppo_adaptiveisp": {"env": {"kind": "stepwise", "all_modules_per_step": True}, "policy": PPO_PARAMS},
 }
 FIXED = ("random_search", "camera_isp", "input_raw")
 

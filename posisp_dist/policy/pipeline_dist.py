@@ -14,6 +14,10 @@ was taken before position t. From these:
 
 The token log-probability is exact. Entropy and KL are the per-step sums along the taken path: their
 expectation under the policy is the exact joint entropy / KL (chain rule), which is what PPO averages.
+
+With pathwise parameter learning (`with_params=False`) the parameters are a deterministic function of the
+image, trained by the task loss's gradient and not by PPO: the inputs end after the alive flags and the
+distribution is the sequence's alone (the Beta terms above drop out).
 """
 
 from __future__ import annotations
@@ -44,31 +48,37 @@ def alive_mask(tokens: torch.Tensor, stop: int) -> torch.Tensor:
 class PipelineDistribution(Distribution):
     """Joint distribution of (module tokens, normalised parameters) of a pipeline; see module docstring."""
 
-    def __init__(self, logits: torch.Tensor, alive: torch.Tensor, beta_raw: torch.Tensor) -> None:
+    def __init__(self, logits: torch.Tensor, alive: torch.Tensor, beta_raw: torch.Tensor | None) -> None:
         super().__init__()
-        self.logits, self.alive, self.beta_raw = logits, alive, beta_raw  # (B, L, T), (B, L), (B, 2P)
+        self.logits, self.alive, self.beta_raw = logits, alive, beta_raw  # (B, L, T), (B, L), (B, 2P) or None
         self.log_probs = torch.log_softmax(logits, dim=-1)
-        self.params_dist = beta_from_raw(beta_raw)
+        self.params_dist = beta_from_raw(beta_raw) if beta_raw is not None else None
 
     @classmethod
-    def from_logits(cls, logits: torch.Tensor, max_len: int = 0, n_tokens: int = 0, **kwargs: Any):
-        """Split the flat inputs; `max_len` (L) and `n_tokens` (T) come from `get_partial_dist_cls`."""
+    def from_logits(
+        cls, logits: torch.Tensor, max_len: int = 0, n_tokens: int = 0, with_params: bool = True, **kwargs: Any
+    ):
+        """Split the flat inputs; `max_len` (L), `n_tokens` (T) and `with_params` come from
+        `get_partial_dist_cls`."""
         if max_len <= 0 or n_tokens <= 0:
             raise ValueError("PipelineDistribution needs max_len and n_tokens (use get_partial_dist_cls)")
         lt = max_len * n_tokens
         step = logits[..., :lt].reshape(*logits.shape[:-1], max_len, n_tokens)
-        return cls(step, logits[..., lt : lt + max_len], logits[..., lt + max_len :])
+        return cls(step, logits[..., lt : lt + max_len], logits[..., lt + max_len :] if with_params else None)
 
     @staticmethod
-    def pack(logits: torch.Tensor, alive: torch.Tensor, beta_raw: torch.Tensor) -> torch.Tensor:
+    def pack(logits: torch.Tensor, alive: torch.Tensor, beta_raw: torch.Tensor | None) -> torch.Tensor:
         """Inverse of `from_logits`: the flat `ACTION_DIST_INPUTS` tensor."""
-        return torch.cat([logits.flatten(start_dim=-2), alive, beta_raw], dim=-1)
+        parts = [logits.flatten(start_dim=-2), alive] + ([beta_raw] if beta_raw is not None else [])
+        return torch.cat(parts, dim=-1)
 
     def token_logp(self, tokens: torch.Tensor) -> torch.Tensor:
         chosen = self.log_probs.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
         return (chosen * self.alive).sum(-1)
 
     def logp(self, value: dict[str, torch.Tensor], **kwargs: Any) -> torch.Tensor:
+        if self.params_dist is None:
+            return self.token_logp(value["modules"])
         params = value["params"].clamp(BETA_EPS, 1.0 - BETA_EPS)
         return self.token_logp(value["modules"]) + self.params_dist.log_prob(params).sum(-1)
 
@@ -77,10 +87,14 @@ class PipelineDistribution(Distribution):
         return (step * self.alive).sum(-1)
 
     def entropy(self, **kwargs: Any) -> torch.Tensor:
+        if self.params_dist is None:
+            return self.token_entropy()
         return self.token_entropy() + self.params_dist.entropy().sum(-1)
 
     def kl(self, other: PipelineDistribution, **kwargs: Any) -> torch.Tensor:
         step = (self.log_probs.exp() * (self.log_probs - other.log_probs)).sum(-1)
+        if self.params_dist is None or other.params_dist is None:
+            return (step * self.alive).sum(-1)
         beta = torch.distributions.kl_divergence(self.params_dist, other.params_dist).sum(-1)
         return (step * self.alive).sum(-1) + beta
 
@@ -93,7 +107,7 @@ class PipelineDistribution(Distribution):
     rsample = sample
 
     @staticmethod
-    def required_input_dim(space: gym.Space, **kwargs: Any) -> int:
-        """L * (M + 1) + L + 2P for a `sequence_action_space`."""
+    def required_input_dim(space: gym.Space, with_params: bool = True, **kwargs: Any) -> int:
+        """L * (M + 1) + L [+ 2P] for a `sequence_action_space`."""
         mods, params = space["modules"], space["params"]
-        return int(mods.shape[0] * mods.nvec[0] + mods.shape[0] + 2 * params.shape[0])
+        return int(mods.shape[0] * mods.nvec[0] + mods.shape[0] + (2 * params.shape[0] if with_params else 0))

@@ -41,8 +41,12 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> tuple
     return int(nvec[0]) - 1, int(nvec.shape[0]), int(action_space["params"].shape[0])
 
 
+PATHWISE_PARAMS = "pathwise_params"  # forward_train output: (B, P) the parameter network's normalised params
+
+
 class SequencePolicyModule(TorchRLModule, ValueFunctionAPI):
-    """model_config keys: `hidden` (64), `image_blind` (False), `allow_repeats` (False)."""
+    """model_config keys: `hidden` (64), `image_blind` (False), `allow_repeats` (False), `param_learning`
+    ("ppo" | "pathwise"), `param_init` (normalised start params of the pathwise parameter network)."""
 
     @override(RLModule)
     def setup(self) -> None:
@@ -56,19 +60,19 @@ class SequencePolicyModule(TorchRLModule, ValueFunctionAPI):
             image_blind=bool(cfg.get("image_blind", False)),
             allow_repeats=bool(cfg.get("allow_repeats", False)),
             state_planes=int(self.observation_space.shape[-1]) - 3,
+            param_learning=str(cfg.get("param_learning", "ppo")),
+            param_init=cfg.get("param_init"),
         )
-        self._dist_cls = PipelineDistribution.get_partial_dist_cls(max_len=max_len, n_tokens=n_modules + 1)
+        self._dist_cls = PipelineDistribution.get_partial_dist_cls(
+            max_len=max_len, n_tokens=n_modules + 1, with_params=not self.net.pathwise
+        )
 
     def _decode(self, batch: dict[str, Any], explore: bool) -> dict[str, Any]:
-        feat = self.net.features(batch[Columns.OBS])
-        decoded = self.net.decode(feat, greedy=not explore)
-        dist = self.net.distribution(feat, decoded)
-        params = dist.params_dist.sample() if explore else dist.params_dist.mean
-        action = {"modules": decoded.tokens, "params": params}
+        action, dist, _ = self.net.act(batch[Columns.OBS], greedy=not explore)
         return {
             Columns.ACTIONS: action,
             Columns.ACTION_LOGP: dist.logp(action),
-            Columns.ACTION_DIST_INPUTS: PipelineDistribution.pack(decoded.logits, decoded.alive, dist.beta_raw),
+            Columns.ACTION_DIST_INPUTS: PipelineDistribution.pack(dist.logits, dist.alive, dist.beta_raw),
         }
 
     @override(TorchRLModule)
@@ -81,10 +85,15 @@ class SequencePolicyModule(TorchRLModule, ValueFunctionAPI):
 
     @override(TorchRLModule)
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        feat = self.net.features(batch[Columns.OBS])
-        decoded = self.net.decode(feat, tokens=batch[Columns.ACTIONS]["modules"])  # teacher forcing
-        inputs = PipelineDistribution.pack(decoded.logits, decoded.alive, self.net.param_head(feat))
-        return {Columns.ACTION_DIST_INPUTS: inputs, Columns.EMBEDDINGS: feat}
+        obs = batch[Columns.OBS]
+        _, dist, feat = self.net.act(obs, action=batch[Columns.ACTIONS])  # teacher-forces the stored tokens
+        out = {
+            Columns.ACTION_DIST_INPUTS: PipelineDistribution.pack(dist.logits, dist.alive, dist.beta_raw),
+            Columns.EMBEDDINGS: feat,
+        }
+        if self.net.pathwise:  # the learner's pathwise term flows through these
+            out[PATHWISE_PARAMS] = self.net.params(obs)
+        return out
 
     @override(ValueFunctionAPI)
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """The POS-ISP sequence policy as one torch module: image encoder -> autoregressive module decoder
-(repeats masked, STOP allowed) + a Beta head over all normalised parameters + a value head.
+(repeats masked, STOP allowed) + a value head, and the parameters of all modules: either a Beta head
+trained by PPO (`param_learning="ppo"`), or POS-ISP's deterministic parameter network (`"pathwise"`: its
+own image encoder -> sigmoid over all normalised parameters, started at the modules' identity), trained
+by the gradient of the task loss through the ISP's torch twin rather than by the policy gradient.
 
 `get_action_and_value(obs, action=None)` mirrors CleanRL: it samples (or scores a given) whole pipeline
 and returns its joint log-probability, entropy and the state value. The probability math lives in
@@ -8,6 +11,7 @@ and returns its joint log-probability, entropy and the state value. The probabil
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -38,6 +42,25 @@ class Decoded(NamedTuple):
     alive: torch.Tensor  # (B, L) 1 where the position was reached before a STOP
 
 
+def image_encoder(in_channels: int, hidden: int) -> nn.Sequential:
+    """Three strided convs over the exposure channels -> global average -> (B, hidden)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, 2, 1),  # linear + log-exposure channels [+ state planes]
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(16, 32, 3, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(32, 64, 3, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, hidden),
+        nn.ReLU(),
+    )
+
+
+PARAM_INIT_MARGIN = 0.05  # the parameter network starts this far inside [0, 1]: sigmoid slopes stay usable
+
+
 class SequencePolicyNet(nn.Module):
     def __init__(
         self,
@@ -48,34 +71,44 @@ class SequencePolicyNet(nn.Module):
         image_blind: bool = False,
         allow_repeats: bool = False,
         state_planes: int = 0,
+        param_learning: str = "ppo",
+        param_init: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        if param_learning not in ("ppo", "pathwise"):
+            raise ValueError(f"param_learning must be ppo or pathwise, got {param_learning!r}")
         self.n_modules, self.n_params, self.max_len = n_modules, n_params, max_len
         self.stop, self.sos = n_modules, n_modules + 1
         self.image_blind, self.allow_repeats = image_blind, allow_repeats
-        self.encoder = nn.Sequential(
-            nn.Conv2d(6 + state_planes, 16, 3, 2, 1),  # linear + log-exposure channels [+ state planes]
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(16, 32, 3, 2, 1),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(32, 64, 3, 2, 1),
-            nn.LeakyReLU(0.2),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(64, hidden),
-            nn.ReLU(),
-        )
+        self.pathwise = param_learning == "pathwise"
+        self.encoder = image_encoder(6 + state_planes, hidden)
+        if self.pathwise:  # POS-ISP's parameter predictor: its own encoder, deterministic output
+            # LayerNorm: the head sees bounded features, so encoder updates cannot push every sigmoid to 0 or 1
+            self.param_encoder = nn.Sequential(image_encoder(6 + state_planes, hidden), nn.LayerNorm(hidden))
+            self.param_out = nn.Linear(hidden, n_params)
+            init = torch.full((n_params,), 0.5) if param_init is None else torch.as_tensor(param_init).float()
+            if init.shape != (n_params,):
+                raise ValueError(f"param_init must hold {n_params} normalised values, got {tuple(init.shape)}")
+            with torch.no_grad():  # start every module at (near) its identity: early pipelines do no harm
+                self.param_out.weight.mul_(0.1)
+                self.param_out.bias.copy_(torch.logit(init.clamp(PARAM_INIT_MARGIN, 1 - PARAM_INIT_MARGIN)))
         self.h0 = nn.Linear(hidden, hidden)  # image -> initial decoder state
         self.h0_blind = nn.Parameter(torch.zeros(hidden))  # the paper's image-blind start state
         self.embed = nn.Embedding(n_modules + 2, hidden)  # modules, STOP, SOS
         self.gru = nn.GRUCell(hidden, hidden)
         self.step_logits = nn.Linear(hidden, n_modules + 1)
-        self.param_head = nn.Linear(hidden, 2 * n_params)
+        self.param_head = None if self.pathwise else nn.Linear(hidden, 2 * n_params)  # Beta (PPO)
         self.value_head = nn.Linear(hidden, 1)
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         """obs: (B, S, S, 3) previews in [0, 1] -> (B, hidden)."""
         return self.encoder(exposure_channels(obs))
+
+    def params(self, obs: torch.Tensor) -> torch.Tensor:
+        """Pathwise: (B, S, S, 3) previews -> (B, P) normalised parameters of every module, in (0, 1)."""
+        if not self.pathwise:
+            raise RuntimeError("params() is the pathwise parameter network; this policy samples from a Beta head")
+        return torch.sigmoid(self.param_out(self.param_encoder(exposure_channels(obs))))
 
     def value(self, feat: torch.Tensor) -> torch.Tensor:
         return self.value_head(feat).squeeze(-1)
@@ -110,20 +143,30 @@ class SequencePolicyNet(nn.Module):
         return Decoded(torch.stack(out, 1), torch.stack(all_logits, 1), torch.stack(all_alive, 1))
 
     def distribution(self, feat: torch.Tensor, decoded: Decoded) -> PipelineDistribution:
-        return PipelineDistribution(decoded.logits, decoded.alive, self.param_head(feat))
+        beta_raw = None if self.param_head is None else self.param_head(feat)
+        return PipelineDistribution(decoded.logits, decoded.alive, beta_raw)
 
-    def get_action_and_value(
+    def act(
         self, obs: torch.Tensor, action: dict[str, torch.Tensor] | None = None, greedy: bool = False
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (action {'modules', 'params'}, joint logprob, entropy, value)."""
+    ) -> tuple[dict[str, torch.Tensor], PipelineDistribution, torch.Tensor]:
+        """Sample (greedy: argmax tokens and Beta means), or teacher-force `action`'s tokens of, a whole
+        pipeline -> (action {'modules', 'params'}, its distribution along the taken path, features)."""
         feat = self.features(obs)
         decoded = self.decode(feat, None if action is None else action["modules"], greedy)
         dist = self.distribution(feat, decoded)
         if action is not None:
             params = action["params"]
+        elif self.pathwise:
+            params = self.params(obs)
         elif greedy:
             params = dist.params_dist.mean
         else:
             params = dist.params_dist.sample()
-        act = {"modules": decoded.tokens, "params": params}
+        return {"modules": decoded.tokens, "params": params}, dist, feat
+
+    def get_action_and_value(
+        self, obs: torch.Tensor, action: dict[str, torch.Tensor] | None = None, greedy: bool = False
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (action {'modules', 'params'}, joint logprob, entropy, value)."""
+        act, dist, feat = self.act(obs, action, greedy)
         return act, dist.logp(act), dist.entropy(), self.value(feat)

@@ -3,6 +3,12 @@
 A model may also offer `fingerprint() -> str | None`: a stable hash of everything that decides its
 `score` (weights and score settings). The shared score cache keys reference scores and eval results by it;
 a model without one is simply not cached.
+
+A model may also offer `loss_and_score(images: torch.Tensor, targets) -> (loss, score)`: from one forward
+pass of NCHW images in [0, 1], the (B,) per-image task loss as a tensor differentiable in the images, and
+the (B,) `score` signal. The pathwise parameter learner (`policy.param_learning: pathwise`) backpropagates
+the loss through the ISP's torch twin; a model without it can only be trained with `param_learning: ppo`
+(`require_differentiable` says so by name).
 """
 
 from __future__ import annotations
@@ -33,6 +39,15 @@ class TaskModel(Protocol):
     def evaluate(self, images: Any, targets: Targets) -> dict[str, float]:
         """Dataset metric: COCO-style mAP@.5:.95 ('map') and mAP@.5 ('map50'), in percent."""
         ...
+
+
+def require_differentiable(task: Any) -> None:
+    """Raise naming the task model when it cannot serve the pathwise learner."""
+    if not callable(getattr(task, "loss_and_score", None)):
+        raise TypeError(
+            f"task model {type(task).__name__} has no loss_and_score, so policy.param_learning: pathwise "
+            "cannot backpropagate through it; use policy.param_learning: ppo for this task"
+        )
 
 
 def to_torch_nchw(images: Any, device: Any) -> Any:

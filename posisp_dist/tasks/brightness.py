@@ -37,6 +37,15 @@ class BrightnessTarget:
     def score(self, images: Any, targets: Targets) -> np.ndarray:
         return -self.scale * np.abs(self.mean_luminance(images) - self.target)
 
+    def loss_and_score(self, images: Any, targets: Targets) -> tuple[Any, np.ndarray]:
+        """NCHW torch images -> (B,) loss scale * |mean luminance - target| (differentiable) and the score,
+        minus that loss."""
+        from posisp_dist.isp.modules import LUMA
+
+        lum = images[:, 0] * LUMA[0] + images[:, 1] * LUMA[1] + images[:, 2] * LUMA[2]
+        loss = self.scale * (lum.flatten(1).mean(dim=1) - self.target).abs()
+        return loss, -loss.detach().cpu().numpy().astype(np.float64)
+
     def predict(self, images: Any) -> Detections:
         empty = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32), "labels": np.zeros(0, int)}
         return [dict(empty) for _ in range(images.shape[0])]

@@ -15,10 +15,10 @@ from posisp_dist.config import TaskConfig
 from posisp_dist.data.shards import RawDataset, fingerprint
 from posisp_dist.tasks.base import Detections, Targets, state_dict_hash, to_torch_nchw
 from posisp_dist.tasks.centernet import CenterNet, decode, encode_targets, per_image_loss
-from posisp_dist.tasks.metrics import coco_map, prediction_score
+from posisp_dist.tasks.metrics import coco_map, per_image_ap, prediction_score
 
 MODEL_FORMAT_VERSION = 1
-SIGNALS = ("loss", "detection", "mixed")
+SIGNALS = ("loss", "detection", "mixed", "ap")
 
 
 class BuiltinDetector:
@@ -75,16 +75,34 @@ class BuiltinDetector:
             dets += decode(pred, min_score=self.score_threshold)
         return np.concatenate(losses), dets
 
+    def loss_and_score(self, images: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, np.ndarray]:
+        """One forward pass of NCHW torch images -> (B,) unclipped CenterNet loss, differentiable in the
+        images (the frozen weights take no gradient; what the pathwise learner backpropagates), and the
+        (B,) `score` signal from the same pass."""
+        if len(targets) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
+        self.calls += 1
+        tgt = encode_targets(targets, len(self.classes), tuple(images.shape[-2:]))
+        pred = self.net(images.to(self.device))
+        loss = per_image_loss(pred, {k: v.to(self.device) for k, v in tgt.items()})
+        dets = decode({k: v.detach() for k, v in pred.items()}, min_score=self.score_threshold)
+        return loss, self._signal(loss.detach().cpu().numpy(), dets, targets)
+
     def losses(self, images: Any, targets: Targets) -> np.ndarray:
         """(B,) unclipped per-image task loss."""
         return self._loss_and_detections(images, targets)[0]
 
     def score(self, images: Any, targets: Targets) -> np.ndarray:
-        """Per-image signal: -clip(loss) (the paper's), detection quality x scale, or their sum ('mixed')."""
-        loss, dets = self._loss_and_detections(images, targets)
+        """Per-image signal: -clip(loss) (the paper's), detection quality x scale, their sum ('mixed'), or
+        the image's own AP@[.5:.95] x scale ('ap'); all from one forward pass."""
+        return self._signal(*self._loss_and_detections(images, targets), targets)
+
+    def _signal(self, loss: np.ndarray, dets: Detections, targets: Targets) -> np.ndarray:
         neg_loss = -np.clip(loss, 0.0, self.loss_clip)
         if self.signal == "loss":
             return neg_loss
+        if self.signal == "ap":
+            return self.detection_scale * per_image_ap(dets, targets).astype(np.float64)
         quality = self.detection_scale * prediction_score(dets, targets).astype(np.float64)
         return quality if self.signal == "detection" else quality + neg_loss
 

@@ -13,6 +13,7 @@ from posisp_dist.config import Config
 from posisp_dist.data.transport import Shipment
 from posisp_dist.policy.rl_module import SequencePolicyModule
 from posisp_dist.train.callbacks import ISPCallbacks
+from posisp_dist.train.pathwise import PathwisePPOLearner, learner_connector
 
 
 def env_config(cfg: Config, split: str = "train", shipment: Shipment | None = None) -> dict[str, Any]:
@@ -24,12 +25,21 @@ def env_config(cfg: Config, split: str = "train", shipment: Shipment | None = No
     return out
 
 
+def probe_registry_identity(cfg: Config) -> list[float]:
+    """The normalised identity parameters of the configured modules: where the pathwise parameter network starts."""
+    from posisp_dist.isp.registry import DEFAULT_REGISTRY
+
+    return DEFAULT_REGISTRY.subset(cfg.isp.modules).identity_normalised().tolist()
+
+
 def build_algo_config(cfg: Config, shipment: Shipment | None = None) -> PPOConfig:
     """Sequence-level PPO: one action = one whole pipeline, EnvRunners run batched vector envs; `shipment`
     (from `posisp_dist.data.transport.ship`) replaces the EnvRunners' disk reads."""
     register_env(RLLIB_ENV_ID, make_env)
     probe = make_env(env_config(cfg))  # spaces only: the data loads lazily at the first reset
     ppo, train = cfg.ppo, cfg.train
+    pathwise = cfg.policy.param_learning == "pathwise"
+    model_config = {**cfg.policy.model_dump(), "param_init": probe_registry_identity(cfg)}
     return (
         PPOConfig()
         .environment(
@@ -49,7 +59,12 @@ def build_algo_config(cfg: Config, shipment: Shipment | None = None) -> PPOConfi
             custom_resources_per_env_runner=dict(train.env_runner_resources),  # placement on chosen nodes
             rollout_fragment_length="auto",
         )
-        .learners(num_learners=0, num_gpus_per_learner=train.num_gpus_per_learner)
+        .learners(
+            num_learners=0,
+            num_gpus_per_learner=train.num_gpus_per_learner,
+            learner_class=PathwisePPOLearner,  # RLlib's PPO learner; + the pathwise term for the parameters
+            learner_connector=learner_connector if pathwise else None,
+        )
         .training(
             lr=ppo.lr,
             gamma=ppo.gamma,
@@ -66,7 +81,7 @@ def build_algo_config(cfg: Config, shipment: Shipment | None = None) -> PPOConfi
             grad_clip=ppo.grad_clip,
             vf_clip_param=ppo.vf_clip,
         )
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=SequencePolicyModule, model_config=cfg.policy.model_dump()))
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=SequencePolicyModule, model_config=model_config))
         .callbacks(ISPCallbacks)
         .fault_tolerance(restart_failed_env_runners=True)
         .debugging(seed=cfg.seed, log_level="WARN")

@@ -6,7 +6,7 @@ from typing import Any
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
-EPISODE_METRICS = ("task_score", "ref_score", "cost", "length")
+EPISODE_METRICS = ("task_score", "ref_score", "cost", "length", "pathwise_loss")
 RESTART_METRIC = "fault/env_runner_restarted_"  # + worker index; summed per iteration
 _restart_reported = False  # once per EnvRunner process: RLlib may rebuild envs within one actor
 
@@ -61,8 +61,12 @@ class ISPCallbacks(RLlibCallback):
             "module_calls": executor.stats.module_calls,
             "task_calls": core.task_calls,
             "task_images": core.task_images,
+            "task_backward_images": core.task_backward_images,
         }
         last = getattr(self, "_last_counts", {})
         for key, value in counts.items():
             metrics_logger.log_value(f"isp/{key}", value - last.get(key, 0), reduce="sum")
-        self._last_counts = counts
+        # seconds this sample spent in the torch twin + task-loss backward (summed over EnvRunners)
+        spent = core.pathwise_seconds - last.get("_pathwise_s", 0.0)
+        metrics_logger.log_value("time/pathwise_grad_s", spent, reduce="sum")
+        self._last_counts = {**counts, "_pathwise_s": core.pathwise_seconds}

@@ -10,6 +10,7 @@ end) the checkpoint is also uploaded to the MLflow run.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ class DriverState:
     module_runs: int = 0
     task_calls: int = 0
     task_images: int = 0
+    task_backward_images: int = 0  # images whose task loss was backpropagated (pathwise parameter learning)
     train_seconds: float = 0.0
     env_runner_restarts: int = 0
     last_metrics: dict[str, float] = field(default_factory=dict)
@@ -59,7 +61,10 @@ def open_tracker(cfg: Config, uri: str | None = None) -> Tracker:
 
 def iteration_metrics(result: dict[str, Any], state: DriverState) -> dict[str, float]:
     """RLlib's result dict -> the run's metrics under charts/, losses/ and isp/."""
+    from ray.rllib.utils.metrics import ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER
+
     runners, learner = result.get("env_runners", {}), result.get("learners", {}).get("default_policy", {})
+    timers = result.get("timers", {})
     steps = float(runners.get("num_env_steps_sampled", 0) or 0)
     dt = float(result.get("time_this_iter_s", 0) or 0)
     out = {
@@ -73,12 +78,17 @@ def iteration_metrics(result: dict[str, Any], state: DriverState) -> dict[str, f
         "losses/entropy": learner.get("entropy"),
         "losses/kl": learner.get("mean_kl_loss"),
         "losses/vf_explained_var": learner.get("vf_explained_var"),
+        "losses/pathwise_grad_norm": learner.get("pathwise_grad_norm"),
+        "losses/pathwise_param_mean": learner.get("pathwise_param_mean"),
         "isp/module_runs_total": state.module_runs,
         "isp/task_calls_total": state.task_calls,
         "isp/task_images_total": state.task_images,
+        "isp/task_backward_images_total": state.task_backward_images,
+        "time/sample_s": timers.get(ENV_RUNNER_SAMPLING_TIMER),  # RLlib's timers (EMA-smoothed)
+        "time/learner_s": timers.get(LEARNER_UPDATE_TIMER),
         "charts/env_runner_restarts": state.env_runner_restarts,  # lifetime, across resumes (RLlib's is per process)
     }
-    out.update({k: v for k, v in runners.items() if k.startswith("isp/")})
+    out.update({k: v for k, v in runners.items() if k.startswith(("isp/", "time/"))})
     return {k: float(v) for k, v in out.items() if isinstance(v, int | float)}
 
 
@@ -279,11 +289,12 @@ def _train_loop(
             data_errors.raise_if_any()  # before this iteration, trained on part of the data, is checkpointed
             runners = result.get("env_runners", {})
             state.iteration += 1
-            state.env_steps += int(runners.get("num_env_steps_sampled", 0) or 0)
-            state.episodes += int(runners.get("num_episodes", 0) or 0)
-            state.module_runs += int(runners.get("isp/module_runs", 0) or 0)
-            state.task_calls += int(runners.get("isp/task_calls", 0) or 0)
-            state.task_images += int(runners.get("isp/task_images", 0) or 0)
+            state.env_steps += _count(runners, "num_env_steps_sampled")
+            state.episodes += _count(runners, "num_episodes")
+            state.module_runs += _count(runners, "isp/module_runs")
+            state.task_calls += _count(runners, "isp/task_calls")
+            state.task_images += _count(runners, "isp/task_images")
+            state.task_backward_images += _count(runners, "isp/task_backward_images")
             state.train_seconds += time.perf_counter() - t0
             restarts = restart_events(runners, state.iteration, state.env_steps)
             state.env_runner_restarts += len(restarts)
@@ -323,6 +334,7 @@ def _train_loop(
         "module_runs": state.module_runs,
         "task_calls": state.task_calls,
         "task_images": state.task_images,
+        "task_backward_images": state.task_backward_images,
         "train_seconds": round(state.train_seconds, 2),
         "final_reward_mean": state.last_metrics.get("charts/episode_reward_mean"),
         "best_val_iteration": state.best_iteration or None,
@@ -337,14 +349,23 @@ def _select_on_val(
     from envs.factory import CoreSource
     from posisp_dist.train.report import greedy_on_split
 
+    t0 = time.perf_counter()
     core = core if core is not None else CoreSource(cfg, "val").get()
     val_map = float(greedy_on_split(cfg, ckpt, "val", core)["map"])
-    tracker.log_metrics({"eval/val_map_selection": val_map}, step=state.env_steps)
+    val_s = time.perf_counter() - t0
+    tracker.log_metrics({"eval/val_map_selection": val_map, "time/val_s": val_s}, step=state.env_steps)
     if state.best_val_map is None or val_map > state.best_val_map:
         state.best_val_map, state.best_iteration = val_map, state.iteration
         local.write_state(ckpt, state)  # a resumed run knows the best so far
         local.keep_best(ckpt)
     return core
+
+
+def _count(runners: dict[str, Any], key: str) -> int:
+    """An EnvRunner counter of this iteration; 0 when absent or NaN (RLlib reports NaN for an iteration in
+    which a restarted EnvRunner delivered nothing)."""
+    value = runners.get(key)
+    return int(value) if isinstance(value, int | float) and math.isfinite(value) else 0
 
 
 def _budget_spent(cfg: Config, state: DriverState) -> bool:

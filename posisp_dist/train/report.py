@@ -37,10 +37,12 @@ def greedy_on_split(cfg: Config, checkpoint: str | Path, split: str, core: Any =
 
 
 def method_name(cfg: Config) -> str:
-    """The row name of a trained policy: sequence_ppo, sequence_ppo_blind or stepwise_ppo[_adaptiveisp]."""
+    """The row name of a trained policy: sequence_ppo[_blind] (pathwise parameters, POS-ISP's learner),
+    the same with a `_ppo_params` suffix when PPO learns the parameters too, or stepwise_ppo[_adaptiveisp]."""
     if cfg.env.kind == "stepwise":
         return "stepwise_ppo_adaptiveisp" if cfg.env.all_modules_per_step else "stepwise_ppo"
-    return "sequence_ppo_blind" if cfg.policy.image_blind else "sequence_ppo"
+    name = "sequence_ppo_blind" if cfg.policy.image_blind else "sequence_ppo"
+    return name if cfg.policy.param_learning == "pathwise" else f"{name}_ppo_params"
 
 
 def stepwise_steps(cfg: Config) -> int | None:

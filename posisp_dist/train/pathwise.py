@@ -1,0 +1,128 @@
+"""POS-ISP's hybrid learner inside RLlib's contract: PPO for the module sequence, the pathwise gradient
+for the parameters.
+
+The EnvRunners already hold the images and the frozen task model. With pathwise learning each step's
+pipelines run once through the ISP's differentiable torch twin (values equal to the fast kernels, tested),
+and one task-model forward pass gives the terminal reward and, backpropagated, the gradient of each image's
+task loss w.r.t. its normalised parameters, `g = dL/dp` (P floats), which travels with the episode as
+`infos["param_grad"]` (`envs.core.ISPTaskCore._pathwise`). On the learner:
+
+- `AddParamGradToBatch` (a learner ConnectorV2 piece) puts `g` of every timestep into the train batch;
+- `PathwisePPOLearner.compute_loss_for_module` adds `mean(sum_j p_j * stop_grad(g_j))` to PPO's loss, where
+  `p` is the parameter network's output on the same observations. Its gradient w.r.t. the network's
+  weights is the vector-Jacobian product `g^T dp/dtheta`, i.e. exactly the gradient of the mean task loss
+  (the chain rule split across the actor/learner boundary), so the learner runs no ISP and no task model;
+- the parameter network has its own Adam optimizer (`policy.pathwise_lr`); PPO's optimizer holds the rest.
+
+Why the gradient and not the images travel: 27 floats per image instead of a full-size image, no copy of
+the data on the learner, the same path on a one-machine run, a multi-node cluster without a shared disk
+and GPUs (the EnvRunners compute `g` where their images and task model live).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.core.columns import Columns
+from ray.rllib.utils.annotations import override
+
+from posisp_dist.policy.rl_module import PATHWISE_PARAMS
+
+PARAM_GRAD = "param_grad"  # infos key and train-batch column: (P,) dL/d(normalised params) per timestep
+PATHWISE_OPTIMIZER = "pathwise"
+
+
+class AddParamGradToBatch(ConnectorV2):
+    """Learner connector piece: `infos[t + 1]["param_grad"]` (the info returned by step t) -> column
+    `param_grad` of timestep t, for every timestep RLlib trains on (its bootstrap timestep included)."""
+
+    @override(ConnectorV2)
+    def __call__(
+        self,
+        *,
+        rl_module: Any,
+        batch: dict[str, Any],
+        episodes: list[Any],
+        explore: bool | None = None,
+        shared_data: dict | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if PARAM_GRAD in batch:
+            return batch
+        for episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
+            n = len(episode)
+            infos = episode.get_infos(slice(1, n + 1))
+            missing = [t for t, info in enumerate(infos) if PARAM_GRAD not in info]
+            if missing:
+                raise KeyError(
+                    f"episode {episode.id_}: steps {missing} carry no '{PARAM_GRAD}' in their info; the pathwise "
+                    "learner needs envs built with param_grad=True (policy.param_learning: pathwise)"
+                )
+            grads = [np.asarray(info[PARAM_GRAD], np.float32) for info in infos]
+            self.add_n_batch_items(batch, PARAM_GRAD, items_to_add=grads, num_items=n, single_agent_episode=episode)
+        return batch
+
+
+class PathwisePPOLearner(PPOTorchLearner):
+    """RLlib's PPO learner plus the pathwise term for the parameter network (see the module docstring).
+    With `param_learning: ppo` it is RLlib's PPO learner unchanged."""
+
+    @override(PPOTorchLearner)
+    def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
+        net = self._module[module_id].unwrapped().net
+        if not net.pathwise:
+            return super().configure_optimizers_for_module(module_id, config)
+        param_net = [*net.param_encoder.parameters(), *net.param_out.parameters()]
+        ids = {id(p) for p in param_net}
+        rest = [p for p in self.get_parameters(self._module[module_id]) if id(p) not in ids]
+        lr = float(self._module[module_id].unwrapped().model_config.get("pathwise_lr", 1e-3))
+        self.register_optimizer(
+            module_id=module_id, optimizer=torch.optim.Adam(rest), params=rest, lr_or_lr_schedule=config.lr
+        )
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer_name=PATHWISE_OPTIMIZER,
+            optimizer=torch.optim.Adam(param_net),
+            params=param_net,
+            lr_or_lr_schedule=lr,
+        )
+
+    @override(PPOTorchLearner)
+    def compute_loss_for_module(
+        self, *, module_id: str, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]
+    ) -> torch.Tensor:
+        loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+        if PATHWISE_PARAMS not in fwd_out:
+            return loss
+        if PARAM_GRAD not in batch:
+            raise KeyError(f"the pathwise learner's batch has no '{PARAM_GRAD}' column (AddParamGradToBatch missing)")
+        params, grad = fwd_out[PATHWISE_PARAMS], batch[PARAM_GRAD].to(fwd_out[PATHWISE_PARAMS].dtype)
+        if not bool(torch.isfinite(params).all()):
+            raise FloatingPointError("the parameter network produced NaN/inf parameters; lower policy.pathwise_lr")
+        mask = batch.get(Columns.LOSS_MASK)
+        if mask is not None:
+            params, grad = params[mask], grad[mask]
+        self.metrics.log_dict(
+            {
+                "pathwise_grad_norm": grad.norm(dim=-1).mean(),
+                "pathwise_param_mean": params.detach().mean(),
+            },
+            key=module_id,
+            window=1,
+        )
+        return loss + pathwise_surrogate(params, grad)
+
+
+def pathwise_surrogate(params: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """mean_i sum_j p_ij * stop_grad(g_ij): its gradient w.r.t. whatever produced `params` is the gradient of
+    the mean task loss, given g = dL/dp at (the EnvRunner's copy of) these params."""
+    return (params * grad.detach()).sum(-1).mean()
+
+
+def learner_connector(observation_space: Any, action_space: Any) -> list[ConnectorV2]:
+    """`PPOConfig.learners(learner_connector=...)`: the pathwise gradients join RLlib's default pipeline."""
+    return [AddParamGradToBatch()]
