@@ -364,8 +364,11 @@ def _select_on_val(
 def _count(runners: dict[str, Any], key: str) -> int:
     """An EnvRunner counter of this iteration; 0 when absent or NaN (RLlib reports NaN for an iteration in
     which a restarted EnvRunner delivered nothing)."""
-    value = runners.get(key)
-    return int(value) if isinstance(value, int | float) and math.isfinite(value) else 0
+    try:
+        value = float(runners.get(key) or 0)  # RLlib hands NumPy scalars as well as Python numbers
+    except (TypeError, ValueError):
+        return 0
+    return int(value) if math.isfinite(value) else 0
 
 
 def _budget_spent(cfg: Config, state: DriverState) -> bool:
