@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,17 @@ def _check_new_run(cfg: Config, tracking_uri: str | None) -> None:
         print(f"posisp: warning: {warning}", file=sys.stderr)
 
 
+def _training_line(summary: dict[str, Any]) -> str:
+    """What the run did, in two lines (the whole summary goes to --json and to the run's summary.json)."""
+    line = (
+        f"trained {summary['iterations']} iterations, {summary['images']:,} images in {summary['train_seconds']:.0f} s"
+    )
+    if summary.get("best_val_iteration"):
+        line += f"; kept iteration {summary['best_val_iteration']} (best greedy val mAP)"
+    sequence = " -> ".join(summary.get("top_sequence") or []) or "(none)"
+    return f"{line}\nval mAP {summary['val_map']:.1f} (@.5: {summary['val_map50']:.1f}); most used pipeline: {sequence}"
+
+
 def _print_run(summary: dict[str, Any]) -> None:
     """Say which run this was and where it lives, so it can be found after a `ray job submit`."""
     uri = _tracking_uri(summary)
@@ -161,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         progress=not args.quiet,
     )
-    print(json.dumps({k: v for k, v in summary.items() if k != "run_id"}, indent=2, default=str))
+    print(_training_line(summary))
     _print_run(summary)
     if args.eval:
         from posisp_dist.baselines.table import format_table
@@ -385,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"posisp: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # SIGINT or SIGTERM (train/endings.py): one line, the run is already KILLED
-        signum = int(getattr(e, "signum", 2))
+        from posisp_dist.train.endings import received_signal
+
+        signum = int(getattr(e, "signum", 0) or received_signal() or signal.SIGINT)
         print(f"posisp: {e or 'interrupted'}; a training run in progress is marked KILLED", file=sys.stderr)
         return 128 + signum
 

@@ -31,6 +31,7 @@ def fake_run(tiny_cfg, tmp, redis_url: str, seed: int = 0) -> tuple[str, str, Co
     """An MLflow run with config.json and one local checkpoint of an untrained policy."""
     raw = tiny_cfg.model_dump(mode="json")
     raw["env"]["preview_size"] = 16
+    raw["policy"]["param_learning"] = "ppo"  # untrained Beta-head policies: two seeds pick different pipelines
     raw["train"]["out_dir"] = str(tmp / "runs")
     raw["cache"]["redis_url"] = redis_url
     cfg = Config.model_validate(raw)

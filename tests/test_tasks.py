@@ -11,7 +11,7 @@ from posisp_dist.data.shards import RawDataset
 from posisp_dist.tasks.adapters import TorchvisionDetector, UltralyticsDetector
 from posisp_dist.tasks.base import TaskModel
 from posisp_dist.tasks.detector import detector_path, train_detector
-from posisp_dist.tasks.metrics import box_iou, coco_map, prediction_score
+from posisp_dist.tasks.metrics import box_iou, coco_map, per_image_ap, prediction_score
 
 
 def _gt(n=6):
@@ -50,7 +50,8 @@ def test_builtin_detector_interface_and_signal(tiny_task, tiny_data):
     clean = render_reference(val, "clean_srgb")
     dark = render_reference(val, "input_raw")
     s_clean, s_dark = tiny_task.score(clean, val.targets), tiny_task.score(dark, val.targets)
-    assert s_clean.shape == (len(val),) and np.all(s_clean <= 0)
+    assert tiny_task.signal == "ap"  # quick.yaml's: 10 x the image's own AP, in [0, 10]
+    assert s_clean.shape == (len(val),) and np.all((s_clean >= 0) & (s_clean <= tiny_task.detection_scale))
     assert s_clean.mean() > s_dark.mean()  # the detector was trained on clean sRGB renders
     m = tiny_task.evaluate(clean, val.targets)
     assert 0.0 <= m["map50"] <= 100.0 and m["map"] <= m["map50"]
@@ -143,8 +144,9 @@ def test_detector_signal_modes_share_one_forward_pass(tiny_task, tiny_data):
             detection_scale=10.0,
         )
 
-    loss_only, det, mixed = make("loss"), make("detection"), make("mixed")
+    loss_only, det, mixed, ap = make("loss"), make("detection"), make("mixed"), make("ap")
     quality = 10.0 * prediction_score(det.predict(clean), val.targets)
+    np.testing.assert_allclose(ap.score(clean, val.targets), 10.0 * per_image_ap(ap.predict(clean), val.targets))
     np.testing.assert_allclose(det.score(clean, val.targets), quality, rtol=1e-6)
     np.testing.assert_allclose(
         mixed.score(clean, val.targets), quality + loss_only.score(clean, val.targets), rtol=1e-5, atol=1e-6

@@ -149,7 +149,8 @@ def test_unknown_run_ids_and_missing_arguments_are_clear_errors(trained, capsys)
 
 def test_stepwise_ppo_trains_and_evaluates_through_the_same_stack(tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path):
     path, uri = write_config(tiny_cfg, tmp_path, env={"preview_size": 16, "num_envs_per_runner": 16,
-                                                      "kind": "stepwise", "max_steps": 3})
+                                                      "kind": "stepwise", "max_steps": 3},
+                             policy={"param_learning": "ppo"})  # pathwise is the sequence env's (config says so)
     out = tmp_path / "sw.json"
     assert main(["train", "--config", str(path), "--iterations", "2", "--eval", "val", "--quiet",
                  "--json", str(out)]) == 0

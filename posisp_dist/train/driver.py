@@ -200,7 +200,7 @@ def train(
     injection in tests)."""
     from tqdm.auto import tqdm
 
-    from posisp_dist.train.endings import signals_end_the_run
+    from posisp_dist.train.endings import as_interrupted, signals_end_the_run
     from posisp_dist.train.report import final_report, method_name
 
     if cfg is None and resume_run_id is None:
@@ -228,6 +228,8 @@ def train(
             summary = _train_loop(cfg, tracker, total, progress, tqdm, on_iteration)
             summary.update(final_report(cfg, tracker, summary["checkpoint"]))
             tracker.log_dict(summary, "summary.json")
+        except KeyboardInterrupt as e:  # the tracker records which signal ended the run
+            raise as_interrupted(e) from e
         finally:
             if started_ray:
                 import ray

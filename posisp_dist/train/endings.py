@@ -24,6 +24,22 @@ ACTOR_MANAGER_LOGGER = "ray.rllib.utils.actor_manager"  # where RLlib logs the r
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+_received: list[int] = []  # signals received inside `signals_end_the_run`, newest last
+
+
+def received_signal() -> int | None:
+    """The last signal that `signals_end_the_run` turned into `Interrupted`, if any."""
+    return _received[-1] if _received else None
+
+
+def as_interrupted(exc: KeyboardInterrupt) -> KeyboardInterrupt:
+    """`exc` with the signal that caused it: libraries (Ray's `get`, RLlib's actor manager) may raise a plain
+    KeyboardInterrupt anew while handling ours, which would lose which signal ended the run."""
+    if isinstance(exc, Interrupted) or not _received:
+        return exc
+    return Interrupted(_received[-1])
+
+
 class Interrupted(KeyboardInterrupt):
     """The driver was told to stop by a signal; `signum` says which (the exit code is 128 + signum)."""
 
@@ -42,11 +58,13 @@ def signals_end_the_run() -> Iterator[Callable[[], None]]:
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     stopping: list[int] = []
+    _received.clear()
 
     def handler(signum: int, frame: Any) -> None:
         if stopping and signum == signal.SIGTERM:
             return  # already ending the run (KILLED): let the clean-up finish
         stopping.append(signum)
+        _received.append(signum)
         raise Interrupted(signum)
 
     def install() -> None:

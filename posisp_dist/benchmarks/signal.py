@@ -1,0 +1,78 @@
+"""Does the training signal track the metric *on policy outputs*? For every checkpoint a run uploaded, the
+greedy policy's pipelines on the val split are scored with each per-image signal of the built-in detector
+(loss, detection, mixed, ap: all from one forward pass) and with the dataset metric (COCO mAP@.5:.95). The
+Spearman rank correlation between each signal's val mean and val mAP, across the checkpoints of the given
+runs, says whether a signal can rise while mAP falls (the way the `mixed` reward was gamed).
+
+    python -m posisp_dist.benchmarks.signal --runs RUN [RUN ...] --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SIGNALS = ("loss", "detection", "mixed", "ap")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def checkpoint_rows(run_id: str, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """One row per uploaded checkpoint of the run: iteration, val mAP and the val mean of every signal."""
+    from envs.factory import CoreSource
+    from posisp_dist.tasks.detector import BuiltinDetector
+    from posisp_dist.train.driver import fetch_run
+    from posisp_dist.train.report import greedy_on_split
+
+    cfg, _, tracker = fetch_run(run_id, tracking_uri)
+    core = CoreSource(cfg, "val").get()
+    task = core.task
+    if not isinstance(task, BuiltinDetector):
+        raise TypeError(f"run {run_id}: the signals compared here are the built-in detector's, not {type(task)}")
+    names = sorted(a.path for a in tracker.client.list_artifacts(run_id, "checkpoints") if "iter_" in a.path)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            ckpt = tracker.download_artifacts(name, Path(tmp) / Path(name).name, run_id=run_id)
+            res = greedy_on_split(cfg, ckpt, "val", core)
+            row = {"run_id": run_id, "iteration": int(name.rsplit("_", 1)[-1]), "map": float(res["map"])}
+            for signal in SIGNALS:
+                task.signal = signal
+                row[signal] = float(np.mean(task.score(res["outputs"], core.targets)))
+            task.signal = cfg.task.signal
+            rows.append(row)
+    return rows
+
+
+def run(run_ids: list[str], tracking_uri: str | None = None) -> dict[str, Any]:
+    rows = [r for rid in run_ids for r in checkpoint_rows(rid, tracking_uri)]
+    maps = np.array([r["map"] for r in rows])
+    rho = {s: spearman(np.array([r[s] for r in rows]), maps) for s in SIGNALS}
+    return {"runs": run_ids, "rows": rows, "spearman_vs_val_map": rho, "n_checkpoints": len(rows)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", nargs="+", required=True)
+    ap.add_argument("--tracking-uri")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    result = run(args.runs, args.tracking_uri)
+    print(json.dumps(result["spearman_vs_val_map"], indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
