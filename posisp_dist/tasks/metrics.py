@@ -71,11 +71,11 @@ def _padded(arrays: list[np.ndarray], width: int, fill: float, tail: tuple[int, 
     return out
 
 
-def prediction_score(detections: Detections, targets: Targets, min_score: float = 0.05) -> np.ndarray:
-    """Per-image quality in [0, 1] from predictions alone: greedy class-aware matching (detections in
-    descending confidence, each to the free ground truth of highest IoU >= 0.5), sum(conf * IoU) over
-    matches divided by max(#objects, #confident detections); 1 - max confidence for an empty image.
-    Vectorised over the batch: the Python loop runs over detection ranks, never over images."""
+def ranked_ious(
+    detections: Detections, targets: Targets, min_score: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The batch as padded arrays: (B, K) confidences in descending order (padding -1, ranked last), (B, K, G)
+    class-aware IoU of each ranked detection with each ground truth (0 for padding), (B,) object counts."""
     if len(detections) != len(targets):
         raise ValueError(f"{len(detections)} detection lists for {len(targets)} targets")
     kept = [d["scores"] >= min_score for d in detections]
@@ -99,16 +99,24 @@ def prediction_score(detections: Detections, targets: Targets, min_score: float 
     area = lambda x: np.prod(np.clip(x[..., 2:] - x[..., :2], 0, None), axis=-1)  # noqa: E731
     iou = inter / np.maximum(area(boxes)[:, :, None] + area(gt_boxes)[:, None, :] - inter, 1e-9)
     iou *= (labels[:, :, None] == gt_labels[:, None, :]) & (sc[:, :, None] >= 0)
+    return sc, iou, np.array([len(t["labels"]) for t in targets])
+
+
+def prediction_score(detections: Detections, targets: Targets, min_score: float = 0.05) -> np.ndarray:
+    """Per-image quality in [0, 1] from predictions alone: greedy class-aware matching (detections in
+    descending confidence, each to the free ground truth of highest IoU >= 0.5), sum(conf * IoU) over
+    matches divided by max(#objects, #confident detections); 1 - max confidence for an empty image.
+    Vectorised over the batch: the Python loop runs over detection ranks, never over images."""
+    sc, iou, n_gt = ranked_ious(detections, targets, min_score)
     rows = np.arange(len(targets))
-    used = np.zeros((len(targets), g_max), bool)
+    used = np.zeros(iou.shape[::2], bool)
     total = np.zeros(len(targets))
-    for r in range(k_max):
+    for r in range(sc.shape[1]):
         cand = np.where(used, 0.0, iou[:, r])
         best = cand.argmax(axis=1)
         match = cand[rows, best] >= 0.5
         used[rows[match], best[match]] = True
         total += np.where(match, sc[:, r] * cand[rows, best], 0.0)
-    n_gt = np.array([len(t["labels"]) for t in targets])
     confident = (sc >= 0.3).sum(axis=1)
     empty = 1.0 - np.where(sc[:, 0] >= 0, sc[:, 0], 0.0)  # no objects: penalise the most confident detection
     return np.where(n_gt == 0, empty, total / np.maximum(np.maximum(n_gt, confident), 1)).astype(np.float32)
@@ -125,30 +133,9 @@ def per_image_ap(detections: Detections, targets: Targets, min_score: float = 0.
     matched-confidence scores, every false positive ranked above a true positive costs precision, at any
     confidence, as it does in mAP. An image with no objects scores 1 - its highest confidence.
     Vectorised over the batch: Python loops run over thresholds and detection ranks, never over images."""
-    if len(detections) != len(targets):
-        raise ValueError(f"{len(detections)} detection lists for {len(targets)} targets")
-    kept = [d["scores"] >= min_score for d in detections]
-    k_max = max([int(k.sum()) for k in kept] + [1])
-    g_max = max([len(t["labels"]) for t in targets] + [1])
-    sc = _padded([d["scores"][k] for d, k in zip(detections, kept, strict=True)], k_max, -1.0)
-    order = np.argsort(-sc, axis=1, kind="stable")
-    sc = np.take_along_axis(sc, order, 1)
-    boxes = np.take_along_axis(
-        _padded([d["boxes"][k] for d, k in zip(detections, kept, strict=True)], k_max, 0.0, (4,)), order[..., None], 1
-    )
-    labels = np.take_along_axis(
-        _padded([d["labels"][k] for d, k in zip(detections, kept, strict=True)], k_max, -1.0), order, 1
-    )
-    gt_boxes = _padded([t["boxes"] for t in targets], g_max, 0.0, (4,))
-    gt_labels = _padded([t["labels"] for t in targets], g_max, -2.0)
-    lt = np.maximum(boxes[:, :, None, :2], gt_boxes[:, None, :, :2])
-    rb = np.minimum(boxes[:, :, None, 2:], gt_boxes[:, None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=3)
-    area = lambda x: np.prod(np.clip(x[..., 2:] - x[..., :2], 0, None), axis=-1)  # noqa: E731
-    iou = inter / np.maximum(area(boxes)[:, :, None] + area(gt_boxes)[:, None, :] - inter, 1e-9)
+    sc, iou, n_gt = ranked_ious(detections, targets, min_score)
     valid = sc >= 0  # real detections (padding ranks last)
-    iou *= (labels[:, :, None] == gt_labels[:, None, :]) & valid[:, :, None]
-    n_gt = np.array([len(t["labels"]) for t in targets])
+    k_max, g_max = iou.shape[1], iou.shape[2]
     b, rows = len(targets), np.arange(len(targets))
     ap = np.zeros(b)
     for thr in COCO_IOUS:
