@@ -248,7 +248,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_seeds(args: argparse.Namespace) -> int:
     from posisp_dist.train.seeds import markdown, run_seeds
 
-    result = run_seeds(args.config, args.seeds, parse_sets(args.set), args.ppo_params, progress=not args.quiet)
+    result = run_seeds(
+        args.config, args.seeds, parse_sets(args.set), args.ppo_params, progress=not args.quiet, out_json=args.json
+    )
     print(markdown(result))
     _write_json(args.json, result)
     return 0

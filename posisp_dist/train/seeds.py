@@ -55,9 +55,10 @@ def _learned_row(cfg: Config, progress: bool) -> tuple[dict[str, Any], list[dict
 
 def run_seeds(
     config: str | Path, seeds: list[int], overrides: dict[str, Any] | None = None, ppo_params: bool = False,
-    progress: bool = True,
+    progress: bool = True, out_json: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train + evaluate `config` for each seed; -> {"command", "seeds": [{"seed", "rows"}], "aggregate"}."""
+    """Train + evaluate `config` for each seed; -> {"command", "seeds": [{"seed", "rows"}], "aggregate"}.
+    With `out_json` the file is rewritten after every seed, so a stopped run keeps the seeds it finished."""
     from posisp_dist.train.report import method_name
 
     out: dict[str, Any] = {"command": shlex.join(["posisp", *sys.argv[1:]]), "config": str(config), "seeds": []}
@@ -71,6 +72,9 @@ def run_seeds(
             rows[method_name(ppo_cfg)] = _learned_row(ppo_cfg, progress)[0]
         out["seeds"].append({"seed": seed, "rows": rows})
         out["aggregate"] = aggregate(out["seeds"])
+        if out_json:
+            Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+            Path(out_json).write_text(json.dumps(out, indent=2, default=str))
         if progress:
             print(json.dumps({"seed": seed, **{m: round(r["map"], 2) for m, r in rows.items()}}), flush=True)
     return out

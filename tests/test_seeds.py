@@ -1,0 +1,30 @@
+"""`posisp seeds`: the per-seed configs regenerate data and task model; the aggregate is mean ± std per row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from posisp_dist.train.seeds import aggregate, markdown, seed_config
+
+
+def test_each_seed_regenerates_the_data_and_the_task_model():
+    a, b = (seed_config(REPO / "configs" / "quick.yaml", s) for s in (0, 2))
+    assert (a.seed, a.task.train.seed, b.seed, b.task.train.seed) == (0, 0, 2, 2)
+    ppo = seed_config(REPO / "configs" / "quick.yaml", 1, {"policy.param_learning": "ppo"})
+    assert ppo.policy.param_learning == "ppo" and ppo.seed == 1
+
+
+def test_aggregate_is_mean_and_population_std_over_the_seeds_that_have_the_row():
+    seeds = [
+        {"seed": 0, "rows": {"camera_isp": {"map": 12.0, "map50": 19.0}, "sequence_ppo": {"map": 24.0, "map50": 38.0}}},
+        {"seed": 1, "rows": {"camera_isp": {"map": 14.0, "map50": 21.0}, "sequence_ppo": {"map": 28.0, "map50": 42.0}}},
+        {"seed": 2, "rows": {"camera_isp": {"map": 13.0, "map50": 20.0}}},
+    ]
+    agg = aggregate(seeds)
+    assert agg["camera_isp"]["map_mean"] == pytest.approx(13.0)
+    assert agg["camera_isp"]["map_std"] == pytest.approx(np.std([12.0, 14.0, 13.0]))
+    assert agg["sequence_ppo"]["n_seeds"] == 2 and agg["sequence_ppo"]["map50_mean"] == pytest.approx(40.0)
+    table = markdown({"aggregate": agg, "seeds": seeds})
+    assert "| sequence_ppo | 26.0 ± 2.0 | 40.0 ± 2.0 | 24.0, 28.0 |" in table
