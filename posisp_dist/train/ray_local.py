@@ -15,7 +15,6 @@ import logging
 import os
 from typing import Any
 
-INLINE_ARGS_BYTES = 8 * 1024**2
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # read by ray._private.ray_constants at import
 # (logger, message start) of notices that carry nothing a user of `posisp train` can act on
 QUIET_NOTICES = (
@@ -53,11 +52,7 @@ def local_ray_kwargs() -> dict[str, Any]:
 
     os.environ[LOCAL_ONLY_ENV] = "0"  # for the processes Ray starts
     ray_constants.ENABLE_RAY_CLUSTER = False  # for this one, which imported Ray already
-    # EnvRunner constructor arguments (the algorithm config, ~0.2 MB) are passed inline, not through the object
-    # store: an actor restarted after a crash then never depends on a stored argument (Ray's "constructor
-    # arguments in the object store and max_restarts > 0" error line, ray-project/ray#53727, goes with it)
-    system = {"enable_metrics_collection": False, "max_direct_call_object_size": INLINE_ARGS_BYTES}
-    return {"include_dashboard": False, "_system_config": system}
+    return {"include_dashboard": False, "_system_config": {"enable_metrics_collection": False}}
 
 
 def init_ray(address: str | None) -> bool:
