@@ -146,7 +146,7 @@ class ISPTaskCore:
         targets = [self.targets[i] for i in idx]
         grad = loss = None
         if param_grad:
-            out, score, grad, loss = self._pathwise(idx, t, p, targets)
+            out, score, grad, loss = self.pathwise(self.images[self.xp.asarray(idx)], t, p, idx)
         else:
             out = self.executor.run(self.images[self.xp.asarray(idx)], t, p)
             score = np.asarray(self.task.score(out, targets), np.float64)
@@ -163,11 +163,14 @@ class ISPTaskCore:
         kept = out if keep_output else None
         return StepResult(reward, score, self.ref_score[idx], cost, length, t, p, kept, grad, loss)
 
-    def _pathwise(self, idx: np.ndarray, tokens: np.ndarray, params: np.ndarray, targets: list) -> tuple[Any, ...]:
-        """The pipelines through the torch twin into the task model's loss (+ the brightness penalty when it
-        is on), one forward and one backward pass -> (outputs as an `xp` batch, (N,) score, (N, P) gradient
-        w.r.t. the normalised params, (N,) loss). Each image's loss depends only on its own params, so the
-        gradient of the summed loss gives every row's own gradient."""
+    def pathwise(self, images: Any, tokens: np.ndarray, params: np.ndarray, idx: np.ndarray) -> tuple[Any, ...]:
+        """`images` (N, H, W, 3, an `xp` batch; renderings of the core's images `idx`) through the pipelines of
+        the torch twin into the task model's loss (+ the brightness penalty when it is on), one forward and one
+        backward pass -> (outputs as an `xp` batch, (N,) score, (N, P) gradient w.r.t. the normalised params,
+        (N,) loss). Each image's loss depends only on its own params, so the gradient of the summed loss gives
+        every row's own gradient.
+        The sequence env passes whole pipelines on the input images, the step-wise env one module on the
+        current image of each episode."""
         import torch
 
         from posisp_dist.isp.torch_twin import brightness_penalty as penalty
@@ -177,7 +180,8 @@ class ISPTaskCore:
         require_differentiable(self.task)
         t0 = time.perf_counter()
         device = getattr(self.task, "device", "cpu")
-        x = to_torch_nchw(self.images[self.xp.asarray(idx)], device)
+        targets = [self.targets[i] for i in idx]
+        x = to_torch_nchw(images, device)
         p = torch.as_tensor(params, dtype=torch.float32, device=device).requires_grad_(True)
         with torch.enable_grad():
             out = run_pipelines(x, tokens, p, self.registry, self.pathwise_backward, self.executor.stats)

@@ -119,11 +119,11 @@ def make_env(env_config: dict[str, Any]) -> gym.Env:
     if hasattr(env_config, "worker_index"):  # an RLlib EnvContext (single-env path)
         source.bind_worker(env_config.worker_index, env_config.num_workers)
     n = int(env_config["num_envs"]) if "num_envs" in env_config else None
+    grad = cfg.policy.param_learning == "pathwise"
     if cfg.env.kind == "stepwise":
         e = cfg.env
-        args = (e.max_steps, e.reuse_penalty, e.all_modules_per_step)
+        args = (e.max_steps, e.reuse_penalty, e.all_modules_per_step, grad)
         return StepwiseISPVectorEnv(source, n, *args) if n else StepwiseISPEnv(source, *args)
-    grad = cfg.policy.param_learning == "pathwise"
     if n:
         return SequenceISPVectorEnv(source, n, cfg.isp.max_len, param_grad=grad)
     return SequenceISPEnv(source, cfg.isp.max_len, param_grad=grad)

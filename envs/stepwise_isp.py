@@ -38,9 +38,12 @@ def stepwise_observation(images: Any, step: np.ndarray, used: np.ndarray, max_st
 class StepwiseEpisodes:
     """N step-wise episodes over the images of a core: current images, step counters, used masks, scores."""
 
-    def __init__(self, core: ISPTaskCore, n: int, max_steps: int, reuse_penalty: float, all_modules: bool) -> None:
+    def __init__(
+        self, core: ISPTaskCore, n: int, max_steps: int, reuse_penalty: float, all_modules: bool,
+        param_grad: bool = False,
+    ) -> None:
         self.core, self.n, self.max_steps = core, n, max_steps
-        self.reuse_penalty, self.all_modules = reuse_penalty, all_modules
+        self.reuse_penalty, self.all_modules, self.param_grad = reuse_penalty, all_modules, param_grad
         m = core.registry.n_modules
         self.idx = np.zeros(n, np.int64)
         self.step_count = np.zeros(n, np.int64)
@@ -68,6 +71,7 @@ class StepwiseEpisodes:
         t, p = core.check_action(tokens.reshape(-1, 1), params, self.n, 1)
         t = t[:, 0]
         reward, cost = np.zeros(self.n), np.zeros(self.n)
+        grad, loss = np.zeros((self.n, core.registry.n_params), np.float32), np.zeros(self.n)
         run = active & (t != stop)
         rows = np.nonzero(run)[0]
         if len(rows):
@@ -77,9 +81,14 @@ class StepwiseEpisodes:
                 every = np.tile(np.arange(m), len(rows))[:, None]
                 grid = core.executor.run(xp.repeat(self.images[sel], m, axis=0), every, np.repeat(p[rows], m, axis=0))
                 out = grid[xp.asarray(np.arange(len(rows)) * m + t[rows])]
+            if self.param_grad:  # the chosen module through its torch twin into the task loss (same values)
+                out, score, grad[rows], loss[rows] = core.pathwise(
+                    self.images[sel], t[rows][:, None], p[rows], self.idx[rows]
+                )
             else:
-                out = core.executor.run(self.images[sel], t[rows][:, None], p[rows])
-            score = np.asarray(core.task.score(out, [core.targets[i] for i in self.idx[rows]]), np.float64)
+                if not self.all_modules:
+                    out = core.executor.run(self.images[sel], t[rows][:, None], p[rows])
+                score = np.asarray(core.task.score(out, [core.targets[i] for i in self.idx[rows]]), np.float64)
             core.task_calls += 1
             core.task_images += len(rows)
             pen = brightness_penalty(out, xp) if core.use_brightness else np.zeros(len(rows))
@@ -91,7 +100,7 @@ class StepwiseEpisodes:
             self.used[rows, t[rows]] = True
         self.step_count[active] += 1
         terminated = active & ((t == stop) | (self.step_count >= self.max_steps))
-        return {
+        result = {
             "reward": reward,
             "terminated": terminated,
             "cost": cost,
@@ -99,6 +108,9 @@ class StepwiseEpisodes:
             "ref_score": core.ref_score[self.idx],
             "length": self.used.sum(1),
         }
+        if self.param_grad:  # d(task loss after this step)/d(normalised params): the chosen module's only
+            result.update(param_grad=grad, pathwise_loss=loss)
+        return result
 
 
 class StepwiseISPEnv(CoreBound, gym.Env):
@@ -124,15 +136,23 @@ class StepwiseISPEnv(CoreBound, gym.Env):
 
     ## Arguments
     `core`, `max_steps` (K, default 5), `reuse_penalty` (AdaptiveISP: 1.0), `all_modules` (AdaptiveISP's
-    compute profile: all M modules run at every step, one output is kept).
+    compute profile: all M modules run at every step, one output is kept), `param_grad` (the pathwise
+    learner: the chosen module also runs through its torch twin into the task loss, and `info` carries the
+    gradient of the loss after the step w.r.t. the normalised params, `param_grad`, and that loss).
     """
 
     metadata = {"render_modes": []}
 
     def __init__(
-        self, core: ISPTaskCore | CoreSource, max_steps: int = 5, reuse_penalty: float = 1.0, all_modules: bool = False
+        self,
+        core: ISPTaskCore | CoreSource,
+        max_steps: int = 5,
+        reuse_penalty: float = 1.0,
+        all_modules: bool = False,
+        param_grad: bool = False,
     ) -> None:
         self.source, self.max_steps, self.reuse_penalty, self.all_modules = core, max_steps, reuse_penalty, all_modules
+        self.param_grad = param_grad
         reg = core.registry
         self.observation_space = stepwise_observation_space(core.preview_size, reg.n_modules)
         self.action_space = sequence_action_space(reg.n_modules, 1, reg.n_params)
@@ -142,7 +162,9 @@ class StepwiseISPEnv(CoreBound, gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         if self._ep is None:
-            self._ep = StepwiseEpisodes(self.core, 1, self.max_steps, self.reuse_penalty, self.all_modules)
+            self._ep = StepwiseEpisodes(
+                self.core, 1, self.max_steps, self.reuse_penalty, self.all_modules, self.param_grad
+            )
         self._ep.reset(np.ones(1, bool), self.np_random)
         self._done = False
         return self._ep.observation()[0], {"image_id": int(self.core.batch.ids[self._ep.idx[0]])}
@@ -153,7 +175,10 @@ class StepwiseISPEnv(CoreBound, gym.Env):
         modules, params = action_parts(action)
         r = self._ep.step(np.ones(1, bool), modules, params[None])
         self._done = bool(r["terminated"][0])
-        info = {k: float(v[0]) for k, v in r.items() if k not in ("reward", "terminated")}
+        info = {
+            k: v[0] if k == "param_grad" else float(v[0]) for k, v in r.items()
+                if k not in ("reward", "terminated")
+        }
         return self._ep.observation()[0], float(r["reward"][0]), self._done, False, info
 
 
@@ -169,8 +194,9 @@ class StepwiseISPVectorEnv(CoreBound, VectorEnv):
         max_steps: int = 5,
         reuse_penalty: float = 1.0,
         all_modules: bool = False,
+        param_grad: bool = False,
     ) -> None:
-        single = StepwiseISPEnv(core, max_steps, reuse_penalty, all_modules)
+        single = StepwiseISPEnv(core, max_steps, reuse_penalty, all_modules, param_grad)
         self.source, self.num_envs, self._single = core, num_envs, single
         self.single_observation_space, self.single_action_space = single.observation_space, single.action_space
         self.observation_space = gym.vector.utils.batch_space(single.observation_space, num_envs)
@@ -181,7 +207,9 @@ class StepwiseISPVectorEnv(CoreBound, VectorEnv):
     def _episodes(self) -> StepwiseEpisodes:
         if self._ep is None:
             s = self._single
-            self._ep = StepwiseEpisodes(self.core, self.num_envs, s.max_steps, s.reuse_penalty, s.all_modules)
+            self._ep = StepwiseEpisodes(
+                self.core, self.num_envs, s.max_steps, s.reuse_penalty, s.all_modules, s.param_grad
+            )
         return self._ep
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

@@ -238,8 +238,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.seeds:
         overrides["seeds"] = args.seeds
     ccfg, base = load_compare(args.config, overrides)
-    payload = run_compare(ccfg, base, args.out, progress=not args.quiet)
+    payload = run_compare(ccfg, base, args.out, progress=not args.quiet, out_json=args.json)
     print(payload["table"])
+    print(payload["reach_table"])
     print(f"MLflow parent run: {payload['parent_run_id']}")
     _write_json(args.json, payload)
     return 0

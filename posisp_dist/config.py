@@ -320,12 +320,6 @@ class Config(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     cache: CacheConfig = CacheConfig()
 
-    @model_validator(mode="after")
-    def _check(self) -> Config:
-        if self.policy.param_learning == "pathwise" and self.env.kind == "stepwise":
-            raise ValueError("policy.param_learning: pathwise is implemented for env.kind: sequence only; use ppo")
-        return self
-
 
 class ConfigError(ValueError):
     """A config file that cannot be read or does not match the schema."""

@@ -63,11 +63,26 @@ def test_tiny_compare_produces_every_row_and_counts_compute(tiny_cfg, tiny_data,
     assert set(rows) == set(METHODS) | {"random_search", "camera_isp", "input_raw"}
     for m in METHODS:
         assert rows[m]["images"] >= 48 and rows[m]["params"] > 0 and rows[m]["latency_ms"] > 0
-    # AdaptiveISP's profile runs every module at every step: M x (steps taken) module runs per image-step
+        curve = rows[m]["curve"]  # val mAP at the budget's last iteration at least, with the compute spent by then
+        assert curve and curve[-1]["images"] == rows[m]["images"] and curve[-1]["module_runs"] == rows[m]["module_runs"]
+    reach = {(r["target"], r["counter"]): r for r in payload["reach"]}
+    assert set(reach) == {(t, c) for t in ("stepwise_ppo", "stepwise_ppo_adaptiveisp") for c in ("module_runs",
+                                                                                               "task_images")}
+    for r in reach.values():
+        (s,) = r["seeds"]
+        assert s["ratio"] is None or 0 < s["ratio"] and s["spent"] <= rows["sequence_ppo"][r["counter"]]
+    # AdaptiveISP's profile runs every module at every step: M x (steps taken) module runs per image-step,
+    # plus, with pathwise parameters, the kept module once more through its torch twin
     m = len(tiny_cfg.isp.modules)
-    adaptive, plain = rows["stepwise_ppo_adaptiveisp"], rows["stepwise_ppo"]
-    assert adaptive["module_runs"] % m == 0 and adaptive["module_runs"] >= m * adaptive["images"] / 2
-    assert plain["module_runs"] <= plain["task_images"] <= plain["images"] * K
+    for suffix, per_step in (("_ppo_params", m), ("", m + 1)):
+        adaptive, plain = rows[f"stepwise_ppo_adaptiveisp{suffix}"], rows[f"stepwise_ppo{suffix}"]
+        assert adaptive["module_runs"] % per_step == 0 and adaptive["module_runs"] >= m * adaptive["images"] / 2
+        assert adaptive["module_runs"] == per_step * adaptive["task_images"]  # one task call per module step
+        assert plain["module_runs"] <= plain["task_images"] <= plain["images"] * K
+    # pathwise rows backpropagate the task loss once per scored image; PPO-parameter rows never do
+    for name in METHODS:
+        backward = rows[name]["task_backward_images"]
+        assert backward == (rows[name]["task_images"] if METHODS[name].param_learning == "pathwise" else 0)
     assert rows["input_raw"]["module_runs"] == 0 and rows["random_search"]["module_runs"] > 0
     assert (tmp_path / "out" / "compare.md").read_text().count("\n| ") == 1 + len(payload["aggregate"])  # + header
     assert (tmp_path / "out" / "compare.png").stat().st_size > 0

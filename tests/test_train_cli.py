@@ -148,9 +148,10 @@ def test_unknown_run_ids_and_missing_arguments_are_clear_errors(trained, capsys)
 
 
 def test_stepwise_ppo_trains_and_evaluates_through_the_same_stack(tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path):
+    """Step-wise PPO with pathwise parameters (quick.yaml's learner): each step's module through its twin."""
     path, uri = write_config(tiny_cfg, tmp_path, env={"preview_size": 16, "num_envs_per_runner": 16,
                                                       "kind": "stepwise", "max_steps": 3},
-                             policy={"param_learning": "ppo"})  # pathwise is the sequence env's (config says so)
+                             policy={"param_learning": "pathwise"})
     out = tmp_path / "sw.json"
     assert main(["train", "--config", str(path), "--iterations", "2", "--eval", "val", "--quiet",
                  "--json", str(out)]) == 0
@@ -162,3 +163,4 @@ def test_stepwise_ppo_trains_and_evaluates_through_the_same_stack(tiny_cfg, tiny
     assert run.data.tags["posisp.method"] == "stepwise_ppo"
     lengths = [v for _, v in tracker.history("isp/task_calls", summary["run_id"])]
     assert all(v >= BATCH / 16 for v in lengths)  # one task batch per vector step, several steps per episode
+    assert summary["task_backward_images"] == summary["task_images"] > 0  # every scored step backpropagated

@@ -3,6 +3,9 @@ random search vs the camera ISP vs input RAW, with equal budgets, over seeds, as
 
 from __future__ import annotations
 
+import json
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,15 +15,8 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from posisp_dist.config import Config, ConfigError, _Strict, load_config
+from posisp_dist.train.methods import METHODS
 
-PPO_PARAMS = {"param_learning": "ppo"}
-METHODS = {  # method -> config overrides (section -> fields)
-    "sequence_ppo": {"policy": {"param_learning": "pathwise"}},
-    "sequence_ppo_blind": {"policy": {"image_blind": True, "param_learning": "pathwise"}},
-    "sequence_ppo_ppo_params": {"policy": PPO_PARAMS},
-    "stepwise_ppo": {"env": {"kind": "stepwise"}, "policy": PPO_PARAMS},
-    "stepwise_ppo_adaptiveisp": {"env": {"kind": "stepwise", "all_modules_per_step": True}, "policy": PPO_PARAMS},
-}
 FIXED = ("random_search", "camera_isp", "input_raw")
 
 
@@ -61,9 +57,10 @@ def load_compare(path: str | Path, overrides: dict[str, Any] | None = None) -> t
 def method_config(base: Config, method: str, seed: int, ccfg: CompareConfig) -> Config:
     """The base config with a method's overrides, the seed and the budget applied."""
     raw = base.model_dump(mode="json")
-    for section, fields in METHODS[method].items():
+    for section, fields in METHODS[method].overrides().items():
         raw[section].update(fields)
     raw["seed"] = seed
+    raw["task"]["train"]["seed"] = seed  # each seed regenerates the data and retrains the task model
     budget = {"time_budget_s": ccfg.wall_clock_s, "image_budget": None}
     if ccfg.budget == "images":
         budget = {"time_budget_s": None, "image_budget": ccfg.images}
@@ -90,7 +87,7 @@ def policy_latency_ms(cfg: Config, checkpoint: str, n: int) -> tuple[float, int]
 def learned_row(
     ccfg: CompareConfig, base: Config, method: str, seed: int, parent: str, progress: bool, baselines: bool
 ) -> dict:
-    from posisp_dist.train.driver import train
+    from posisp_dist.train.driver import open_tracker, train
     from posisp_dist.train.evaluate import evaluate_run
 
     cfg = method_config(base, method, seed, ccfg)
@@ -100,12 +97,45 @@ def learned_row(
     rows = evaluate_run(summary["run_id"], ccfg.split, summary["tracking_uri"], False, baselines)["rows"]
     learned = rows[-1]
     ms, n_params = policy_latency_ms(cfg, summary["checkpoint"], ccfg.latency_images)
+    curve = val_curve(open_tracker(cfg, summary["tracking_uri"]), summary["run_id"])
     return {
         "method": method, "seed": seed, "run_id": summary["run_id"], "map": learned["map"], "map50": learned["map50"],
         "module_runs": summary["module_runs"], "task_images": summary["task_images"], "images": summary["images"],
+        "task_backward_images": summary["task_backward_images"],
         "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1), "latency_ms": ms,
-        "params": n_params, "fixed_rows": rows[:-1],
+        "params": n_params, "curve": curve, "fixed_rows": rows[:-1],
     }
+
+
+CURVE_COUNTERS = {"images": "charts/episodes_total", "module_runs": "isp/module_runs_total",
+                  "task_images": "isp/task_images_total", "task_backward_images": "isp/task_backward_images_total"}
+
+
+def val_curve(tracker: Any, run_id: str) -> list[dict[str, float]]:
+    """Greedy val mAP at every selection point of a run, with the training compute spent until then
+    (training images, ISP module runs, task-model forward and backward images), joined on the env step."""
+    counters = {name: dict(tracker.history(key, run_id)) for name, key in CURVE_COUNTERS.items()}
+    return [
+        {"env_steps": step, "val_map": value, **{name: float(c.get(step, np.nan)) for name, c in counters.items()}}
+        for step, value in tracker.history("eval/val_map_selection", run_id)
+    ]
+
+
+def compute_to_reach(rows: list[dict], method: str, target: str, counter: str = "module_runs") -> dict[str, Any]:
+    """Per seed: the `counter` `method` had spent when its val mAP first reached `target`'s final val mAP,
+    and what `target` spent in all; their ratio answers "the same metric with a fifth of the compute?"."""
+    out = []
+    for seed in sorted({r["seed"] for r in rows if r["method"] == target}):
+        mine = [r for r in rows if r["seed"] == seed and r["method"] in (method, target)]
+        by = {r["method"]: r for r in mine}
+        if method not in by or not by[target].get("curve") or not by[method].get("curve"):
+            continue
+        goal = max(p["val_map"] for p in by[target]["curve"])  # the target's kept (best) checkpoint
+        spent = next((p[counter] for p in by[method]["curve"] if p["val_map"] >= goal), None)
+        total = float(by[target][counter])
+        out.append({"seed": seed, "target_val_map": goal, "spent": spent, "target_spent": total,
+                    "ratio": None if spent is None or not total else spent / total})
+    return {"method": method, "target": target, "counter": counter, "seeds": out}
 
 
 def fixed_rows(payload_rows: list[dict], base: Config, seed: int) -> list[dict]:
@@ -127,13 +157,17 @@ def fixed_rows(payload_rows: list[dict], base: Config, seed: int) -> list[dict]:
     ]
 
 
+AGGREGATED = ("map", "map50", "module_runs", "task_images", "task_backward_images", "train_seconds", "latency_ms",
+              "params")
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
     """Mean ± std over seeds per method."""
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         agg: dict[str, Any] = {"method": method, "seeds": len(mine)}
-        for key in ("map", "map50", "module_runs", "task_images", "train_seconds", "latency_ms", "params"):
+        for key in AGGREGATED:
             vals = [float(r[key]) for r in mine if key in r]
             if vals:
                 agg[key], agg[f"{key}_std"] = float(np.mean(vals)), float(np.std(vals))
@@ -148,43 +182,94 @@ def _cell(a: dict, key: str, fmt: str = ".1f") -> str:
     return f"{a[key]:{fmt}} ± {std:{fmt}}" if a["seeds"] > 1 and std else f"{a[key]:{fmt}}"
 
 
+def budget_text(ccfg: CompareConfig) -> str:
+    return f"{ccfg.wall_clock_s:g} s of training" if ccfg.budget == "wall_clock" else f"{ccfg.images} training images"
+
+
 def markdown(agg: list[dict], ccfg: CompareConfig) -> str:
-    budget = f"{ccfg.wall_clock_s:g} s of training" if ccfg.budget == "wall_clock" else f"{ccfg.images} images"
     lines = [
-        f"Budget per method and seed: {budget}; seeds {list(ccfg.seeds)}; split `{ccfg.split}`.",
+        f"Budget per method and seed: {budget_text(ccfg)}; seeds {list(ccfg.seeds)} (each regenerates the data and "
+        f"the task model); split `{ccfg.split}`; mean ± std over seeds.",
         "",
-        "| method | mAP@.5:.95 | mAP@.5 | ISP module runs | task-model images | train s | latency ms/img | params |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | mAP@.5:.95 | mAP@.5 | ISP module runs | task-model fwd images | task-model bwd images | train s "
+        "| latency ms/img | params |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    keys = [("map", ".1f"), ("map50", ".1f"), ("module_runs", ".0f"), ("task_images", ".0f"),
+            ("task_backward_images", ".0f"), ("train_seconds", ".0f"), ("latency_ms", ".2f"), ("params", ".0f")]
     for a in agg:
-        cells = [_cell(a, "map"), _cell(a, "map50"), _cell(a, "module_runs", ".0f"), _cell(a, "task_images", ".0f"),
-                 _cell(a, "train_seconds", ".0f"), _cell(a, "latency_ms", ".2f"), _cell(a, "params", ".0f")]
-        lines.append(f"| {a['method']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {a['method']} | " + " | ".join(_cell(a, k, f) for k, f in keys) + " |")
     return "\n".join(lines)
 
 
-def metric_vs_compute_png(agg: list[dict], path: Path) -> Path:
-    """mAP@.5:.95 against ISP module runs during training (log x), one marker per method."""
+def reach_markdown(reach: list[dict]) -> str:
+    """One line per (method, target, counter): the compute ratio per seed."""
+    lines = []
+    for r in reach:
+        per = ", ".join(
+            f"seed {s['seed']}: " + ("never reached" if s["ratio"] is None else f"{s['ratio']:.3f}") for s in r["seeds"]
+        )
+        lines.append(f"- {r['method']} reaches {r['target']}'s best val mAP with this fraction of its "
+                     f"{r['counter']}: {per or 'no data'}")
+    return "\n".join(lines)
+
+
+def metric_vs_compute_png(agg: list[dict], rows: list[dict], path: Path) -> Path:
+    """Left: test mAP@.5:.95 against ISP module runs during training (log x), one marker per method. Middle
+    and right: each learned method's val-mAP curve (one line per seed) against training images and against
+    ISP module runs."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.5, 4.2))
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(16, 4.6), layout="constrained")
+    ax, by_images, by_runs = fig.subplots(1, 3)
+    colours = {m: f"C{i}" for i, m in enumerate(a["method"] for a in agg)}
     for a in agg:
         x = max(a.get("module_runs", 0.0), 1.0)
-        ax.errorbar(x, a["map"], yerr=a.get("map_std", 0.0), fmt="o", capsize=3, label=a["method"])
+        ax.errorbar(x, a["map"], yerr=a.get("map_std", 0.0), fmt="o", capsize=3, label=a["method"],
+                    color=colours[a["method"]])
     ax.set_xscale("log")
     ax.set_xlabel("ISP module runs during training (1 = none)")
-    ax.set_ylabel("held-out mAP@.5:.95")
-    ax.grid(alpha=0.3)
+    ax.set_ylabel("held-out (test) mAP@.5:.95")
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    for r in rows:
+        if not r.get("curve"):
+            continue
+        label = r["method"] if r["seed"] == min(q["seed"] for q in rows if q["method"] == r["method"]) else None
+        for axis, key in ((by_images, "images"), (by_runs, "module_runs")):
+            xs, ys = [p[key] for p in r["curve"]], [p["val_map"] for p in r["curve"]]
+            axis.plot(xs, ys, marker=".", linewidth=1.2, color=colours[r["method"]], label=label, alpha=0.8)
+    by_images.set_xlabel("training images")
+    by_runs.set_xlabel("ISP module runs during training")
+    by_runs.set_xscale("log")
+    for axis in (by_images, by_runs):
+        axis.set_ylabel("val mAP@.5:.95 (greedy, at each selection point)")
+        axis.legend(fontsize=7)
+    for axis in (ax, by_images, by_runs):
+        axis.grid(alpha=0.3)
     FigureCanvasAgg(fig).print_png(str(path))
     return path
 
 
-def run_compare(ccfg: CompareConfig, base: Config, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate every method for every seed (nested under one parent MLflow run)."""
+REACH = (("sequence_ppo", "stepwise_ppo_adaptiveisp"), ("sequence_ppo", "stepwise_ppo"))
+
+
+def summarise(ccfg: CompareConfig, rows: list[dict], parent: str | None) -> dict[str, Any]:
+    """Aggregate, table and the compute-to-reach figures of the rows so far."""
+    agg = aggregate(rows)
+    methods = {r["method"] for r in rows}
+    reach = [compute_to_reach(rows, m, t, c) for m, t in REACH if {m, t} <= methods
+             for c in ("module_runs", "task_images")]
+    return {"command": shlex.join(["posisp", *sys.argv[1:]]), "config": ccfg.model_dump(mode="json"),
+            "budget": budget_text(ccfg), "rows": rows, "aggregate": agg, "reach": reach,
+            "table": markdown(agg, ccfg), "reach_table": reach_markdown(reach), "parent_run_id": parent}
+
+
+def run_compare(
+    ccfg: CompareConfig, base: Config, out_dir: str | Path, progress: bool = True, out_json: str | Path | None = None
+) -> dict[str, Any]:
+    """Train and evaluate every method for every seed (nested under one parent MLflow run). With `out_json`
+    the payload is rewritten after every trained row, so a stopped comparison keeps what it finished."""
     from posisp_dist.train.driver import open_tracker, resolve_paths
 
     base = resolve_paths(base)
@@ -203,12 +288,16 @@ def run_compare(ccfg: CompareConfig, base: Config, out_dir: str | Path, progress
                     rows += fixed_rows(row.pop("fixed_rows"), method_config(base, method, seed, ccfg), seed)
                 row.pop("fixed_rows", None)
                 rows.append(row)
-        agg = aggregate(rows)
-        table = markdown(agg, ccfg)
-        (out / "compare.md").write_text(table + "\n")
+                if out_json:
+                    write_json(out_json, summarise(ccfg, rows, str(tracker.run_id)))
+        payload = summarise(ccfg, rows, str(tracker.run_id))
+        (out / "compare.md").write_text(payload["table"] + "\n\n" + payload["reach_table"] + "\n")
         tracker.log_artifact(out / "compare.md")
-        tracker.log_artifact(metric_vs_compute_png(agg, out / "compare.png"))
-        payload = {"config": ccfg.model_dump(mode="json"), "rows": rows, "aggregate": agg, "table": table,
-                   "parent_run_id": tracker.run_id}
+        tracker.log_artifact(metric_vs_compute_png(payload["aggregate"], rows, out / "compare.png"))
         tracker.log_dict(payload, "compare_rows.json")
     return payload
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2, default=str))

@@ -73,6 +73,7 @@ def iteration_metrics(result: dict[str, Any], state: DriverState) -> dict[str, f
         "charts/env_steps_per_s": steps / dt if dt > 0 else None,
         "charts/iteration_seconds": dt,
         "charts/iteration": state.iteration,
+        "charts/episodes_total": state.episodes,  # training images (one episode = one image)
         "losses/policy_loss": learner.get("policy_loss"),
         "losses/vf_loss": learner.get("vf_loss"),
         "losses/entropy": learner.get("entropy"),
@@ -201,7 +202,8 @@ def train(
     from tqdm.auto import tqdm
 
     from posisp_dist.train.endings import as_interrupted, signals_end_the_run
-    from posisp_dist.train.report import final_report, method_name
+    from posisp_dist.train.methods import method_name
+    from posisp_dist.train.report import final_report
 
     if cfg is None and resume_run_id is None:
         raise ValueError("train needs a config, or a run id to resume")
@@ -306,15 +308,17 @@ def _train_loop(
             tracker.log_metrics(state.last_metrics, step=state.env_steps)
             if restarts or state.iteration == first:
                 _log_events(tracker, state, algo)
-            if cfg.train.val_every and (state.iteration % cfg.train.val_every == 0 or state.iteration == total):
+            spent = _budget_spent(cfg, state)
+            last = state.iteration == total or spent  # a budget's last iteration is scored on val too
+            if cfg.train.val_every and (state.iteration % cfg.train.val_every == 0 or last):
                 val_core = _select_on_val(cfg, tracker, local, ckpt, state, val_core)
-            if state.iteration % cfg.train.checkpoint_every == 0 or state.iteration == total:
+            if state.iteration % cfg.train.checkpoint_every == 0 or last:
                 uploaded = _upload(tracker, ckpt)
             bar.update(1)
             bar.set_postfix(reward=f"{state.last_metrics.get('charts/episode_reward_mean', float('nan')):.3f}")
             if on_iteration is not None:
                 on_iteration(algo, state)
-            if _budget_spent(cfg, state):
+            if spent:
                 break
         bar.close()
         ckpt = local.latest()

@@ -20,7 +20,8 @@ from posisp_dist.train.driver import fetch_run
 def policy_row(cfg: Config, ckpt: Path, split: str, res: dict[str, Any] | None = None) -> dict[str, Any]:
     """The learned policy's row: metrics and the greedy pipeline of every image of `split` (from `res`, a
     `greedy_on_split` result, when the caller already has one)."""
-    from posisp_dist.train.report import greedy_on_split, method_name
+    from posisp_dist.train.methods import method_name
+    from posisp_dist.train.report import greedy_on_split
 
     res = res or greedy_on_split(cfg, ckpt, split)
     core = res["core"]

@@ -56,7 +56,8 @@ def greedy_unused(module: Any, obs: np.ndarray, used: np.ndarray) -> tuple[np.nd
     dist = module.get_inference_action_dist_cls().from_logits(out[Columns.ACTION_DIST_INPUTS])
     logits = dist.logits[:, 0, :].clone()
     logits[:, : used.shape[1]][torch.from_numpy(used)] = float("-inf")
-    return logits.argmax(-1).numpy().astype(np.int64), dist.params_dist.mean.numpy().astype(np.float32)
+    params = out[Columns.ACTIONS]["params"]  # greedy: the Beta means, or the pathwise parameter network's output
+    return logits.argmax(-1).numpy().astype(np.int64), params.numpy().astype(np.float32)
 
 
 def stepwise_greedy(

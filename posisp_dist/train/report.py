@@ -13,7 +13,9 @@ from posisp_dist.config import Config
 from posisp_dist.isp.xp import to_numpy
 from posisp_dist.train.tracking import Tracker
 
-CURVE_KEYS = ("charts/episode_reward_mean", "isp/task_score", "isp/length", "losses/entropy", "losses/kl")
+# the learning curve: the reward and the metric it must follow (greedy val mAP at each selection point) first
+CURVE_KEYS = ("charts/episode_reward_mean", "eval/val_map_selection", "isp/task_score", "isp/length",
+              "losses/entropy", "losses/kl", "isp/pathwise_loss")
 
 
 def greedy_on_split(cfg: Config, checkpoint: str | Path, split: str, core: Any = None) -> dict[str, Any]:
@@ -34,15 +36,6 @@ def greedy_on_split(cfg: Config, checkpoint: str | Path, split: str, core: Any =
     metric = core.task.evaluate(outputs, core.targets)
     return {"core": core, "tokens": tokens, "params": params, "outputs": outputs, "rewards": rewards, **metric,
             "score": float(np.mean(np.concatenate([c.task_score for c in chunks])))}
-
-
-def method_name(cfg: Config) -> str:
-    """The row name of a trained policy: sequence_ppo[_blind] (pathwise parameters, POS-ISP's learner),
-    the same with a `_ppo_params` suffix when PPO learns the parameters too, or stepwise_ppo[_adaptiveisp]."""
-    if cfg.env.kind == "stepwise":
-        return "stepwise_ppo_adaptiveisp" if cfg.env.all_modules_per_step else "stepwise_ppo"
-    name = "sequence_ppo_blind" if cfg.policy.image_blind else "sequence_ppo"
-    return name if cfg.policy.param_learning == "pathwise" else f"{name}_ppo_params"
 
 
 def stepwise_steps(cfg: Config) -> int | None:

@@ -59,7 +59,7 @@ def run_seeds(
 ) -> dict[str, Any]:
     """Train + evaluate `config` for each seed; -> {"command", "seeds": [{"seed", "rows"}], "aggregate"}.
     With `out_json` the file is rewritten after every seed, so a stopped run keeps the seeds it finished."""
-    from posisp_dist.train.report import method_name
+    from posisp_dist.train.methods import method_name
 
     out: dict[str, Any] = {"command": shlex.join(["posisp", *sys.argv[1:]]), "config": str(config), "seeds": []}
     for seed in seeds:
