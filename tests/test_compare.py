@@ -8,9 +8,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-from posisp_dist.baselines.compare import METHODS, CompareConfig, load_compare, method_config
 from posisp_dist.cli import main
 from posisp_dist.config import ConfigError
+from posisp_dist.train.compare import METHODS, CompareConfig, load_compare, method_config
 from posisp_dist.train.tracking import Tracker
 
 K = 3  # step-wise steps in the tiny comparison
