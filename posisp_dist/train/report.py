@@ -55,12 +55,13 @@ def final_report(cfg: Config, tracker: Tracker, checkpoint: str | Path) -> dict[
 
 
 def grid_png(core: Any, res: dict[str, Any], n: int, path: Path) -> Path:
-    """Input RAW vs learned ISP for the first `n` images, with ground truth and detections."""
+    """Input RAW vs learned ISP for the first `n` images, with ground truth and, for a detector, detections."""
     from posisp_dist.train.figures import comparison_grid_png
 
     n = min(n, len(core))
     inputs, outputs = to_numpy(core.images[:n]), to_numpy(res["outputs"][:n])
-    det_in, det_out = core.task.predict(core.images[:n]), core.task.predict(res["outputs"][:n])
+    predict = getattr(core.task, "predict", None)  # a detector draws its boxes; other tasks show images only
+    det_in, det_out = (predict(core.images[:n]), predict(res["outputs"][:n])) if predict else ([None] * n, [None] * n)
     rows = [
         {
             "input": inputs[i],
