@@ -8,7 +8,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -26,10 +26,12 @@ class CompareConfig(_Strict):
     base: str = Field("configs/quick.yaml", description="experiment YAML every method starts from")
     methods: tuple[str, ...] = Field(tuple(METHODS), description=f"learned methods, from {tuple(METHODS)}")
     seeds: tuple[int, ...] = Field((0, 1), min_length=1)
-    budget: str = Field("wall_clock", description="wall_clock (same training seconds) | images (same images)")
+    budget: Literal["wall_clock", "images"] = Field(
+        "wall_clock", description="wall_clock (same training seconds) | images (same images)"
+    )
     wall_clock_s: float = Field(300.0, gt=0, description="training seconds per method and seed")
     images: int = Field(16384, ge=1, description="training images (episodes) per method and seed")
-    split: str = Field("test", description="held-out split of the metric")
+    split: Literal["val", "test"] = Field("test", description="held-out split of the metric")
     latency_images: int = Field(64, ge=1, description="images timed for the policy's inference latency")
 
     @model_validator(mode="after")
@@ -37,8 +39,6 @@ class CompareConfig(_Strict):
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; expected some of {tuple(METHODS)}")
-        if self.budget not in ("wall_clock", "images"):
-            raise ValueError(f"budget must be wall_clock or images, got {self.budget!r}")
         return self
 
 
