@@ -33,6 +33,9 @@ class CompareConfig(_Strict):
     images: int = Field(16384, ge=1, description="training images (episodes) per method and seed")
     split: Literal["val", "test"] = Field("test", description="held-out split of the metric")
     latency_images: int = Field(64, ge=1, description="images timed for the policy's inference latency")
+    val_every_images: int = Field(
+        512, ge=1, description="score the greedy policy on val about every this many training images (the curve)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CompareConfig:
@@ -64,7 +67,12 @@ def method_config(base: Config, method: str, seed: int, ccfg: CompareConfig) -> 
     budget = {"time_budget_s": ccfg.wall_clock_s, "image_budget": None}
     if ccfg.budget == "images":
         budget = {"time_budget_s": None, "image_budget": ccfg.images}
-    raw["train"].update(iterations=10**6, **budget)
+    cfg = Config.model_validate(raw)
+    # val points at about the same training images for every method: a step-wise iteration holds
+    # train_batch_size steps, up to max_steps per image, a sequence iteration one image per step
+    per_iteration = cfg.ppo.train_batch_size / (cfg.env.max_steps if cfg.env.kind == "stepwise" else 1)
+    val_every = max(1, round(ccfg.val_every_images / per_iteration))
+    raw["train"].update(iterations=10**6, val_every=val_every, **budget)
     return Config.model_validate(raw)
 
 
