@@ -44,6 +44,7 @@ class Metric:
 
 
 DETECTION_METRICS = (Metric("map", "mAP@.5:.95"), Metric("map50", "mAP@.5"))
+SEGMENTATION_METRICS = (Metric("mask_map", "mask mAP@.5:.95"), Metric("mask_map50", "mask mAP@.5"))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from posisp_dist.tasks.base import DETECTION_METRICS, TaskKind
+from posisp_dist.tasks.base import DETECTION_METRICS, SEGMENTATION_METRICS, TaskKind
 from posisp_dist.tasks.brightness import BRIGHTNESS_METRICS
 
 
@@ -28,26 +28,40 @@ def _scratch_file(weights: Any, suffix: str) -> str:
     return path
 
 
-def _detector_build(cfg: Any, root: Path, progress: bool, device: str | None) -> Any:
-    from posisp_dist.tasks.detector import load_or_train_detector
+def _model_class(segmenter: bool) -> Any:
+    if segmenter:
+        from posisp_dist.tasks.segmenter import BuiltinSegmenter
 
-    return load_or_train_detector(cfg, root, progress, device)
+        return BuiltinSegmenter
+    from posisp_dist.tasks.detector import BuiltinDetector
 
-
-def _detector_path(cfg: Any, root: Path) -> Path:
-    from posisp_dist.data.shards import RawDataset
-    from posisp_dist.tasks.detector import detector_path
-
-    return detector_path(cfg, RawDataset(root, "train"))
+    return BuiltinDetector
 
 
-def _detector_from_weights(cfg: Any, classes: list[str], weights: Any, device: str | None) -> Any:
-    import torch
+def _builtin(name: str, segmenter: bool, metrics: Any, description: str) -> TaskKind:
+    """The built-in detector or segmenter: trained once on the clean renders, cached by fingerprint."""
 
-    from posisp_dist.tasks.detector import detector_from_state
+    def build(cfg: Any, root: Path, progress: bool, device: str | None) -> Any:
+        from posisp_dist.tasks.detector import load_or_train_detector
 
-    state = torch.load(io.BytesIO(memoryview(weights)), map_location="cpu", weights_only=True)
-    return detector_from_state(cfg, classes, state, device)
+        return load_or_train_detector(cfg, root, progress, device, _model_class(segmenter))
+
+    def weights_path(cfg: Any, root: Path) -> Path:
+        from posisp_dist.data.shards import RawDataset
+        from posisp_dist.tasks.detector import detector_path
+
+        return detector_path(cfg, RawDataset(root, "train"), _model_class(segmenter))
+
+    def from_weights(cfg: Any, classes: list[str], weights: Any, device: str | None) -> Any:
+        import torch
+
+        from posisp_dist.tasks.detector import detector_from_state
+
+        state = torch.load(io.BytesIO(memoryview(weights)), map_location="cpu", weights_only=True)
+        return detector_from_state(cfg, classes, state, device, _model_class(segmenter))
+
+    return TaskKind(name, build=build, metrics=metrics, weights_path=weights_path, from_weights=from_weights,
+                    description=description)
 
 
 def _user_weights(cfg: Any, root: Path) -> Path:
@@ -87,14 +101,8 @@ def _brightness(cfg: Any, classes: list[str]) -> Any:
 
 
 BUILTIN_KINDS = (
-    TaskKind(
-        "builtin_detector",
-        build=_detector_build,
-        metrics=DETECTION_METRICS,
-        weights_path=_detector_path,
-        from_weights=_detector_from_weights,
-        description="the built-in CenterNet-style detector, trained once on the clean renders and cached",
-    ),
+    _builtin("builtin_detector", False, DETECTION_METRICS, "the built-in CenterNet-style detector"),
+    _builtin("builtin_segmenter", True, SEGMENTATION_METRICS, "the built-in instance segmenter (detector + masks)"),
     _adapter("torchvision", _torchvision, "a torchvision detection model from user weights"),
     _adapter("ultralytics", _ultralytics, "an ultralytics YOLO model from user weights"),
     TaskKind(
