@@ -107,23 +107,16 @@ def test_quick_seg_config_trains_through_posisp_train(tiny_cfg, tiny_data, segme
     pathwise learner backpropagates the segmenter's loss; rows and MLflow keys carry mask mAP."""
     import json
 
-    import yaml
-    from conftest import REPO
+    from conftest import REPO, tiny_train_yaml
 
     from posisp_dist.cli import main
     from posisp_dist.config import load_config
     from posisp_dist.train.tracking import Tracker
 
     seg = load_config(REPO / "configs" / "quick-seg.yaml")
-    raw = tiny_cfg.model_dump(mode="json")
-    raw["task"].update(kind=seg.task.kind, signal=seg.task.signal)
-    raw["env"].update(preview_size=16, num_envs_per_runner=16)
-    raw["ppo"].update(train_batch_size=32, minibatch_size=32, num_epochs=1)
-    raw["train"].update(iterations=2, num_env_runners=0, val_every=1, grid_images=2, out_dir=str(tmp_path / "runs"))
-    raw["tracking"]["uri"] = uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    (tmp_path / "seg.yaml").write_text(yaml.safe_dump(raw))
+    path, uri = tiny_train_yaml(tiny_cfg, tmp_path, {"kind": seg.task.kind, "signal": seg.task.signal})
     out = tmp_path / "summary.json"
-    assert main(["train", "--config", str(tmp_path / "seg.yaml"), "--eval", "val", "--quiet", "--json", str(out)]) == 0
+    assert main(["train", "--config", str(path), "--eval", "val", "--quiet", "--json", str(out)]) == 0
     summary = json.loads(out.read_text())
     assert summary["task_backward_images"] > 0 and summary["metrics"][0]["key"] == "mask_map"
     rows = {r["method"]: r for r in summary["eval"]["rows"]}

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
+from conftest import tiny_train_yaml
 
 from posisp_dist.cli import main
 from posisp_dist.isp.xp import to_numpy
@@ -52,16 +52,10 @@ register_task(
 
 def test_a_task_registered_in_a_test_file_trains_through_posisp_train(tiny_cfg, tiny_data, ray_local, tmp_path):
     assert "toy_mean_red" in task_kinds()
-    raw = tiny_cfg.model_dump(mode="json")
-    raw["task"].update(kind="toy_mean_red", module=__name__)
-    raw["env"].update(preview_size=16, num_envs_per_runner=16)
-    raw["ppo"].update(train_batch_size=32, minibatch_size=32, num_epochs=1)
     # in-process EnvRunner: this test file is importable here; a Ray actor imports `task.module` the same way
-    raw["train"].update(iterations=2, num_env_runners=0, val_every=1, grid_images=2, out_dir=str(tmp_path / "runs"))
-    raw["tracking"]["uri"] = uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(raw))
+    path, uri = tiny_train_yaml(tiny_cfg, tmp_path, {"kind": "toy_mean_red", "module": __name__})
     out = tmp_path / "summary.json"
-    assert main(["train", "--config", str(tmp_path / "toy.yaml"), "--eval", "val", "--quiet", "--json", str(out)]) == 0
+    assert main(["train", "--config", str(path), "--eval", "val", "--quiet", "--json", str(out)]) == 0
     summary = json.loads(out.read_text())
     assert summary["iterations"] == 2 and summary["task_backward_images"] > 0  # pathwise through the toy's loss
     assert summary["metrics"][0]["key"] == "red_error" and "red_error" in summary["val_metrics"]

@@ -12,8 +12,6 @@ from posisp_dist.tasks.base import Detections, Targets
 
 def coco_map(detections: Detections, targets: Targets, n_classes: int, image_hw: tuple[int, int]) -> dict[str, float]:
     """mAP@.5:.95 and mAP@.5 in percent, computed by pycocotools' COCOeval."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     if len(detections) != len(targets):
         raise ValueError(f"{len(detections)} detection lists for {len(targets)} targets")
@@ -36,19 +34,29 @@ def coco_map(detections: Detections, targets: Targets, n_classes: int, image_hw:
         for b, s, lab in zip(d["boxes"], d["scores"], d["labels"], strict=True):
             x0, y0, x1, y1 = (float(v) for v in b)
             dets.append({"image_id": i, "category_id": int(lab), "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s)})
+    return _cocoeval(images, anns, dets, n_classes, "bbox", ("map", "map50"))
+
+
+def _cocoeval(
+    images: list[dict], anns: list[dict], dets: list[dict], n_classes: int, iou_type: str, keys: tuple[str, str]
+) -> dict[str, float]:
+    """pycocotools' COCOeval of `dets` against `anns` -> {keys[0]: AP@[.5:.95], keys[1]: AP@.5} in percent."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     if not anns:
-        raise ValueError("no ground-truth objects: mAP is undefined")
+        raise ValueError(f"no ground-truth objects: {iou_type} mAP is undefined")
     if not dets:
-        return {"map": 0.0, "map50": 0.0}
+        return {keys[0]: 0.0, keys[1]: 0.0}
     gt = COCO()
     gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": c} for c in range(n_classes)]}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary table
         gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev = COCOeval(gt, gt.loadRes(dets), iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {"map": float(max(ev.stats[0], 0.0) * 100), "map50": float(max(ev.stats[1], 0.0) * 100)}
+    return {keys[0]: float(max(ev.stats[0], 0.0) * 100), keys[1]: float(max(ev.stats[1], 0.0) * 100)}
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -208,8 +216,6 @@ def per_image_mask_ap(detections: Detections, targets: Targets, min_score: float
 def coco_mask_map(detections: Detections, targets: Targets, n_classes: int) -> dict[str, float]:
     """Mask mAP@.5:.95 and mAP@.5 in percent, by pycocotools' COCOeval with `iouType="segm"` on RLE masks."""
     from pycocotools import mask as rle
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     if len(detections) != len(targets):
         raise ValueError(f"{len(detections)} detection lists for {len(targets)} targets")
@@ -228,16 +234,4 @@ def coco_mask_map(detections: Detections, targets: Targets, n_classes: int) -> d
         if len(d["scores"]):
             for code, s, lab in zip(encode(d["masks"]), d["scores"], d["labels"], strict=True):
                 dets.append({"image_id": i, "category_id": int(lab), "segmentation": code, "score": float(s)})
-    if not anns:
-        raise ValueError("no ground-truth objects: mask mAP is undefined")
-    if not dets:
-        return {"mask_map": 0.0, "mask_map50": 0.0}
-    gt = COCO()
-    gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": c} for c in range(n_classes)]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(dets), "segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {"mask_map": float(max(ev.stats[0], 0.0) * 100), "mask_map50": float(max(ev.stats[1], 0.0) * 100)}
+    return _cocoeval(images, anns, dets, n_classes, "segm", ("mask_map", "mask_map50"))
