@@ -35,6 +35,16 @@ def brightness_penalty(img: Any, xp: ModuleType) -> np.ndarray:
     return np.where(mean < 0.01, (0.01 - mean) * 1000.0, 0.0) + np.where(mean > 0.9, (mean - 0.9) * 10.0, 0.0)
 
 
+def isp_reward(
+    score: np.ndarray, prev_score: np.ndarray, penalty: np.ndarray, prev_penalty: np.ndarray, cost: np.ndarray,
+    cost_lambda: float,
+) -> np.ndarray:
+    """The reward of both envs: task-score gain over the image before, minus the brightness-penalty change,
+    minus the modules' cost. The sequence env measures against the input-RAW rendering once per pipeline;
+    the step-wise env against the previous step's image, so its step rewards add up to the same figure."""
+    return (score - prev_score) - (penalty - prev_penalty) - cost_lambda * cost
+
+
 @dataclass
 class StepResult:
     reward: np.ndarray  # (N,)
@@ -156,9 +166,8 @@ class ISPTaskCore:
         costs = np.concatenate([self.registry.costs, [0.0]])
         running = np.arange(t.shape[1])[None, :] < length[:, None]  # positions before each row's STOP
         cost = np.where(running, costs[t], 0.0).sum(axis=1)
-        reward = score - self.ref_score[idx] - self.cost_lambda * cost
-        if self.use_brightness:
-            reward -= brightness_penalty(out, self.xp) - self.ref_penalty[idx]
+        pen, ref_pen = (brightness_penalty(out, self.xp), self.ref_penalty[idx]) if self.use_brightness else (0.0, 0.0)
+        reward = isp_reward(score, self.ref_score[idx], pen, ref_pen, cost, self.cost_lambda)
         reward = np.where(length == 0, 0.0, reward)  # STOP-only: the input itself, exactly 0
         kept = out if keep_output else None
         return StepResult(reward, score, self.ref_score[idx], cost, length, t, p, kept, grad, loss)

@@ -13,7 +13,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from envs.core import CoreBound, ISPTaskCore, area_downsample, brightness_penalty
+from envs.core import CoreBound, ISPTaskCore, area_downsample, brightness_penalty, isp_reward
 from envs.sequence_isp import action_parts, sequence_action_space
 from posisp_dist.isp.xp import to_numpy
 
@@ -60,7 +60,7 @@ class StepwiseEpisodes:
         self.idx[which], self.step_count[which], self.used[which] = new, 0, False
         self.images[self.core.xp.asarray(np.nonzero(which)[0])] = self.core.images[self.core.xp.asarray(new)]
         self.score[which] = self.core.ref_score[new]
-        self.penalty[which] = self.core.ref_penalty[new]
+        self.penalty[which] = self.core.ref_penalty[new] if self.core.use_brightness else 0.0
 
     def observation(self) -> np.ndarray:
         return stepwise_observation(self.images, self.step_count, self.used, self.max_steps, self.core.preview_size)
@@ -94,7 +94,7 @@ class StepwiseEpisodes:
             pen = brightness_penalty(out, xp) if core.use_brightness else np.zeros(len(rows))
             cost[rows] = core.registry.costs[t[rows]]
             reused = self.used[rows, t[rows]]
-            reward[rows] = (score - self.score[rows]) - (pen - self.penalty[rows]) - core.cost_lambda * cost[rows]
+            reward[rows] = isp_reward(score, self.score[rows], pen, self.penalty[rows], cost[rows], core.cost_lambda)
             reward[rows] -= self.reuse_penalty * reused
             self.images[sel], self.score[rows], self.penalty[rows] = out, score, pen
             self.used[rows, t[rows]] = True

@@ -74,7 +74,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     build_dataset(cfg.data, cfg.seed, progress=not args.quiet)
     task = load_task_model(cfg.task, cfg.data.root, progress=not args.quiet)
     rows = baseline_table(cfg, task, args.split, get_xp(cfg.isp.backend))
-    print(format_table(rows))
+    print(format_table(rows, [m.to_json() for m in task.metrics]))
     _write_json(args.json, {"split": args.split, "config": str(args.config), "rows": rows})
     return 0
 
@@ -137,9 +137,10 @@ def _training_line(summary: dict[str, Any]) -> str:
         f"trained {summary['iterations']} iterations, {summary['images']:,} images in {summary['train_seconds']:.0f} s"
     )
     if summary.get("best_val_iteration"):
-        line += f"; kept iteration {summary['best_val_iteration']} (best greedy val mAP)"
+        line += f"; kept iteration {summary['best_val_iteration']} (best greedy val {summary['metrics'][0]['label']})"
     sequence = " -> ".join(summary.get("top_sequence") or []) or "(none)"
-    return f"{line}\nval mAP {summary['val_map']:.1f} (@.5: {summary['val_map50']:.1f}); most used pipeline: {sequence}"
+    values = ", ".join(f"{m['label']} {summary['val_metrics'][m['key']]:.1f}" for m in summary["metrics"])
+    return f"{line}\nval {values}; most used pipeline: {sequence}"
 
 
 def _print_run(summary: dict[str, Any]) -> None:
@@ -180,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from posisp_dist.train.evaluate import evaluate_run
 
         payload = evaluate_run(summary["run_id"], args.eval, args.tracking_uri or _tracking_uri(summary), False)
-        print(format_table(payload["rows"]))
+        print(format_table(payload["rows"], payload["metrics"]))
         summary["eval"] = payload
     _write_json(args.json, summary)
     return 0
@@ -195,7 +196,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from posisp_dist.train.evaluate import evaluate_run
 
     payload = evaluate_run(args.run, args.split, args.tracking_uri, progress=not args.quiet)
-    print(format_table(payload["rows"]))
+    print(format_table(payload["rows"], payload["metrics"]))
     _write_json(args.json, payload)
     return 0
 
@@ -205,14 +206,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from posisp_dist.isp.registry import DEFAULT_REGISTRY
     from posisp_dist.isp.xp import get_xp
     from posisp_dist.train.apply import apply_files, expand_inputs, output_dir
-    from posisp_dist.train.driver import fetch_run
     from posisp_dist.train.inference import load_policy
+    from posisp_dist.train.storage import fetch_run
 
     output_dir(args.output)  # a bad -o or a folder without raw files fails before the policy loads
     expand_inputs(args.inputs)
     cfg, ckpt, _ = fetch_run(args.run, args.tracking_uri)
     executor = ISPExecutor(DEFAULT_REGISTRY.subset(cfg.isp.modules), get_xp(cfg.isp.backend), cfg.isp.kernels)
-    from posisp_dist.train.report import stepwise_steps
+    from posisp_dist.train.inference import stepwise_steps
 
     result = apply_files(
         load_policy(ckpt), executor, cfg.env.preview_size, args.inputs, args.output, stepwise_steps(cfg),
@@ -232,7 +233,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from posisp_dist.baselines.compare import load_compare, run_compare
+    from posisp_dist.train.compare import load_compare, run_compare
 
     overrides = {"budget": args.budget} if args.budget else {}
     if args.seeds:

@@ -117,14 +117,16 @@ class DetectorTrainConfig(_Strict):
     seed: int = 0
 
 
-TASK_KINDS = ("builtin_detector", "torchvision", "ultralytics", "brightness_target")
-
-
 class TaskConfig(_Strict):
     """The frozen downstream task model."""
 
     kind: str = Field(
-        "builtin_detector", description="builtin_detector | torchvision | ultralytics | brightness_target"
+        "builtin_detector",
+        description="a registered task kind (posisp_dist.tasks.registry): builtin_detector | torchvision | "
+        "ultralytics | brightness_target, or one that `module` registers",
+    )
+    module: str | None = Field(
+        None, description="importable module that registers `kind` (a new task = one module + register_task)"
     )
     weights: str | None = Field(None, description="user weights for torchvision/ultralytics adapters")
     cache_dir: str = Field(".posisp/models", description="where the built-in detector is cached")
@@ -143,9 +145,9 @@ class TaskConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
-        if self.kind not in TASK_KINDS:
-            raise ValueError(f"unknown task kind {self.kind!r}; expected one of {TASK_KINDS}")
-        if self.kind in ("torchvision", "ultralytics") and not self.weights:
+        from posisp_dist.tasks.registry import task_kind  # the registry imports no config: no circle
+
+        if task_kind(self.kind, self.module).needs_weights and not self.weights:
             raise ValueError(f"task kind {self.kind!r} needs `weights` (a path to user-supplied weights)")
         return self
 

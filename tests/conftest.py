@@ -77,3 +77,20 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def tiny_train_yaml(tiny_cfg: Config, tmp: Path, task: dict) -> tuple[Path, str]:
+    """A two-iteration, in-process (no EnvRunner actor) training config of the tiny data with `task` fields
+    replaced, val-scored every iteration -> (its YAML path, its MLflow URI)."""
+    import yaml
+
+    raw = tiny_cfg.model_dump(mode="json")
+    raw["task"].update(task)
+    raw["env"].update(preview_size=16, num_envs_per_runner=16)
+    raw["ppo"].update(train_batch_size=32, minibatch_size=32, num_epochs=1)
+    raw["train"].update(iterations=2, num_env_runners=0, val_every=1, grid_images=2, out_dir=str(tmp / "runs"))
+    raw["tracking"]["uri"] = uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    path = tmp / "two-iterations.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path, uri
+

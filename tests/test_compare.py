@@ -8,9 +8,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-from posisp_dist.baselines.compare import METHODS, CompareConfig, load_compare, method_config
 from posisp_dist.cli import main
 from posisp_dist.config import ConfigError
+from posisp_dist.train.compare import METHODS, CompareConfig, load_compare, method_config
 from posisp_dist.train.tracking import Tracker
 
 K = 3  # step-wise steps in the tiny comparison
@@ -41,6 +41,12 @@ def test_method_configs_apply_overrides_seed_and_budget(tiny_cfg):
     cfg = method_config(tiny_cfg, "stepwise_ppo_adaptiveisp", 7, ccfg)
     assert cfg.env.kind == "stepwise" and cfg.env.all_modules_per_step and cfg.seed == 7
     assert cfg.train.image_budget == 100 and cfg.train.time_budget_s is None
+    # val points at about the same training images: a step-wise iteration holds up to max_steps steps per image
+    per_image = {m: method_config(tiny_cfg, m, 0, ccfg) for m in ("sequence_ppo", "stepwise_ppo")}
+    batch = tiny_cfg.ppo.train_batch_size
+    assert per_image["sequence_ppo"].train.val_every == max(1, round(ccfg.val_every_images / batch))
+    steps = per_image["stepwise_ppo"].env.max_steps
+    assert per_image["stepwise_ppo"].train.val_every == max(1, round(ccfg.val_every_images * steps / batch))
     blind = method_config(tiny_cfg, "sequence_ppo_blind", 0, CompareConfig(wall_clock_s=5))
     assert blind.policy.image_blind and blind.train.time_budget_s == 5
 

@@ -15,7 +15,7 @@ from envs.factory import make_env
 from posisp_dist.cache import ScoreCacheWarning, reset_open_caches
 from posisp_dist.config import Config
 from posisp_dist.policy.rl_module import SequencePolicyModule
-from posisp_dist.train import evaluate, report
+from posisp_dist.train import evaluate, inference
 from posisp_dist.train.inference import MODULE_SUBDIR
 from posisp_dist.train.tracking import Tracker
 
@@ -63,7 +63,7 @@ def counting(monkeypatch) -> dict[str, int]:
     from posisp_dist.baselines import table
 
     calls = {"policy": 0, "baselines": 0}
-    real = {"policy": report.greedy_on_split, "baselines": table.baseline_table}
+    real = {"policy": inference.greedy_on_split, "baselines": table.baseline_table}
 
     def counted(name):
         def fn(*a, **k):
@@ -72,7 +72,7 @@ def counting(monkeypatch) -> dict[str, int]:
 
         return fn
 
-    monkeypatch.setattr(report, "greedy_on_split", counted("policy"))
+    monkeypatch.setattr(inference, "greedy_on_split", counted("policy"))
     monkeypatch.setattr(table, "baseline_table", counted("baselines"))
     return calls
 
@@ -81,7 +81,7 @@ def test_eval_is_computed_once_per_checkpoint_and_split(tiny_cfg, tiny_task, red
     run_id, uri, cfg = fake_run(tiny_cfg, tmp_path, redis_server.url)
     ckpt = tmp_path / "runs" / run_id / "checkpoints" / "iter_000001"
     reset_open_caches()
-    evaluate.remember_policy_row(cfg, ckpt, "val", report.greedy_on_split(cfg, ckpt, "val"))  # training's report
+    evaluate.remember_policy_row(cfg, ckpt, "val", inference.greedy_on_split(cfg, ckpt, "val"))  # training's report
     calls = counting(monkeypatch)
     reset_open_caches()  # `posisp eval` is a later job: nothing in this process, everything in Redis
     first = evaluate.evaluate_run(run_id, "val", uri, progress=False)

@@ -25,7 +25,7 @@ def known_answer_cfg(tiny_cfg: Config, tmp_path, param_learning: str = "ppo") ->
 
 def test_ppo_reaches_the_analytic_optimum_of_a_known_answer_task(tiny_cfg, tiny_data, tmp_path, ray_local):
     from posisp_dist.train.driver import train
-    from posisp_dist.train.report import greedy_on_split
+    from posisp_dist.train.inference import greedy_on_split
 
     cfg = known_answer_cfg(tiny_cfg, tmp_path)
     summary = train(cfg, progress=False)
@@ -42,7 +42,7 @@ def test_pathwise_learner_reaches_the_analytic_optimum_through_the_same_stack(ti
     policy must reach 85 % of the analytic optimum in half of PPO's iterations (PPO-learned parameters: 80 % in
     60). Measured: 88 % (seed 0); without the pathwise term the parameters stay at identity and score ~0."""
     from posisp_dist.train.driver import train
-    from posisp_dist.train.report import greedy_on_split
+    from posisp_dist.train.inference import greedy_on_split
 
     cfg = known_answer_cfg(tiny_cfg, tmp_path, "pathwise")
     raw = cfg.model_dump(mode="json")

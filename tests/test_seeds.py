@@ -22,9 +22,11 @@ def test_aggregate_is_mean_and_population_std_over_the_seeds_that_have_the_row()
         {"seed": 1, "rows": {"camera_isp": {"map": 14.0, "map50": 21.0}, "sequence_ppo": {"map": 28.0, "map50": 42.0}}},
         {"seed": 2, "rows": {"camera_isp": {"map": 13.0, "map50": 20.0}}},
     ]
-    agg = aggregate(seeds)
+    agg = aggregate(seeds, ["map", "map50"])
     assert agg["camera_isp"]["map_mean"] == pytest.approx(13.0)
     assert agg["camera_isp"]["map_std"] == pytest.approx(np.std([12.0, 14.0, 13.0]))
     assert agg["sequence_ppo"]["n_seeds"] == 2 and agg["sequence_ppo"]["map50_mean"] == pytest.approx(40.0)
-    table = markdown({"aggregate": agg, "seeds": seeds})
+    metrics = [{"key": "map", "label": "mAP@.5:.95"}, {"key": "map50", "label": "mAP@.5"}]
+    table = markdown({"aggregate": agg, "seeds": seeds, "metrics": metrics})
+    assert table.splitlines()[0] == "| method | mAP@.5:.95 | mAP@.5 | per seed (mAP@.5:.95) |"
     assert "| sequence_ppo | 26.0 ± 2.0 | 40.0 ± 2.0 | 24.0, 28.0 |" in table

@@ -47,7 +47,14 @@ def test_same_seed_same_rollout(core):
     assert rollout(3) == rollout(3)
 
 
-def test_step_rewards_add_up_to_the_sequence_reward_of_the_same_pipeline(core):
+@pytest.fixture(scope="module")
+def dark_core(tiny_data, tiny_task):  # the brightness penalty off: neither env may count it
+    return ISPTaskCore(RawDataset(tiny_data, "val").load(), tiny_task, R, preview_size=16, brightness=False)
+
+
+@pytest.mark.parametrize("which", ["core", "dark_core"])
+def test_step_rewards_add_up_to_the_sequence_reward_of_the_same_pipeline(which, request):
+    core = request.getfixturevalue(which)
     rng = np.random.default_rng(0)
     params = rng.random(R.n_params).astype(np.float32)
     pipeline = [R.index("exposure"), R.index("gamma"), R.index("contrast")]

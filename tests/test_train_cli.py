@@ -71,7 +71,7 @@ def test_train_logs_params_tags_metrics_and_artifacts(trained, tiny_cfg):
 
 
 def test_the_checkpoint_with_the_best_val_map_is_kept_and_used_for_eval(trained):
-    from posisp_dist.train.driver import BEST_CKPT_TAG, fetch_run, read_state
+    from posisp_dist.train.storage import BEST_CKPT_TAG, fetch_run, read_state
 
     tracker, run_id, summary = trained["tracker"], trained["run_id"], trained["summary"]
     history = [m.value for m in tracker.client.get_metric_history(run_id, "eval/val_map_selection")]

@@ -65,7 +65,7 @@ def random_search(cfg: Config, task: TaskModel, val: RawBatch, executor: ISPExec
 def baseline_table(
     cfg: Config, task: TaskModel, split: str = "test", xp: ModuleType = np, registry: Registry = DEFAULT_REGISTRY
 ) -> list[dict[str, Any]]:
-    """Rows {method, map, map50, score[, pipeline]} on `split` for the references and random search."""
+    """Rows {method, <the task's metrics>, score[, pipeline]} on `split` for the references and random search."""
     data = RawDataset(cfg.data.root, split).load()
     rows = []
     for kind in REFERENCES:
@@ -88,7 +88,12 @@ def baseline_table(
     return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| method | mAP@.5:.95 | mAP@.5 | mean task score |", "|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['map']:.1f} | {r['map50']:.1f} | {r['score']:.3f} |" for r in rows]
+def format_table(rows: list[dict[str, Any]], metrics: list[dict[str, Any]]) -> str:
+    """Markdown: method | each metric (its label) | mean task score; `metrics` as in an eval payload."""
+    head = " | ".join(m["label"] for m in metrics)
+    lines = [f"| method | {head} | mean task score |", "|---" * (len(metrics) + 2) + "|"]
+    lines += [
+        f"| {r['method']} | " + " | ".join(f"{r[m['key']]:.1f}" for m in metrics) + f" | {r['score']:.3f} |"
+        for r in rows
+    ]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from posisp_dist.data.scenes import make_scene
 from posisp_dist.data.shards import SPLITS, RawBatch, fingerprint, write_split
 from posisp_dist.data.unprocess import capture_low_light, unprocess
 
-DATA_FORMAT_VERSION = 1  # bump when the generator changes, so cached datasets are rebuilt
+DATA_FORMAT_VERSION = 2  # bump when the generator changes, so cached datasets are rebuilt (2: instance masks)
 
 
 def data_fingerprint(cfg: DataConfig, seed: int) -> str:
@@ -38,6 +38,7 @@ def make_capture(cfg: DataConfig, seed: int, split_id: int, index: int) -> tuple
         srgb=np.round(scene.image * 255)[None].astype(np.uint8),
         boxes=[scene.boxes],
         labels=[scene.labels],
+        instances=[scene.instances],
         extra={
             "wb_gains": meta.wb_gains[None].astype(np.float32),
             "exposure_ratio": np.array([meta.exposure_ratio], np.float32),

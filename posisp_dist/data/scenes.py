@@ -41,6 +41,7 @@ class Scene:
     image: np.ndarray  # (H, W, 3) float32 sRGB in [0, 1]
     boxes: np.ndarray  # (N, 4) float32 x0, y0, x1, y1 in pixels
     labels: np.ndarray  # (N,) int64 class ids
+    instances: np.ndarray  # (H, W) uint8: 0 background, k the k-th object (1-based), where it is visible
 
 
 @lru_cache(maxsize=1)
@@ -132,6 +133,7 @@ def make_scene(
     img = _background(rng, size)
     n = int(rng.integers(objects_per_image[0], objects_per_image[1] + 1))
     boxes, labels, taken = [], [], np.zeros((size, size), bool)
+    instances = np.zeros((size, size), np.uint8)  # later objects paint over earlier ones, as in the image
     for _ in range(n * 10):  # rejection sampling for low overlap
         if len(boxes) == n:
             break
@@ -150,5 +152,7 @@ def make_scene(
             continue
         boxes.append([x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1])
         labels.append(cls)
+        instances[y0 : y0 + s, x0 : x0 + s][mask > 0.5] = len(labels)
         taken[y0 : y0 + s, x0 : x0 + s] = True
-    return Scene(np.clip(img, 0, 1), np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64))
+    boxes_arr = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return Scene(np.clip(img, 0, 1), boxes_arr, np.asarray(labels, np.int64), instances)

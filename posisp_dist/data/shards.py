@@ -2,7 +2,9 @@
 
 Layout: ``<root>/manifest.json`` and ``<root>/<split>/part-00000.parquet``. One row per capture: the raw
 mosaic (uint16 bytes), black and white levels, CFA, camera metadata, the clean sRGB render (uint8 bytes;
-the upper-bound reference and the detector's training data) and the boxes and labels.
+the upper-bound reference and the detector's training data), the boxes and labels, and (format 2) each
+image's instance map (uint8 (H, W): 0 background, k the k-th object where it is visible; empty bytes where
+the source has no masks, e.g. ingested box-only annotations).
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ SCHEMA = pa.schema(
         ("srgb", pa.binary()),
         ("boxes", pa.list_(pa.float32())),
         ("labels", pa.list_(pa.int32())),
+        ("instances", pa.binary()),
     ]
 )
+SHARD_FORMAT = 2  # 2: the instances column
 
 
 class DataError(ValueError):
@@ -60,6 +64,11 @@ class RawBatch:
     labels: list[np.ndarray] = field(default_factory=list)  # N x (k,)
     cfa: str = "RGGB"
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    instances: list[np.ndarray] = field(default_factory=list)  # N x (H, W) uint8, or (0, 0) where unknown
+
+    def __post_init__(self) -> None:
+        if not self.instances:
+            self.instances = [np.zeros((0, 0), np.uint8)] * len(self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -77,11 +86,16 @@ class RawBatch:
             [self.labels[i] for i in idx],
             self.cfa,
             {k: v[idx] for k, v in self.extra.items()},
+            [self.instances[i] for i in idx],
         )
 
     @property
     def targets(self) -> list[dict[str, np.ndarray]]:
-        return [{"boxes": b, "labels": lab} for b, lab in zip(self.boxes, self.labels, strict=True)]
+        """Per image: boxes, labels and the instance map (object k = the k-th box; (0, 0) if unknown)."""
+        return [
+            {"boxes": b, "labels": lab, "instances": m}
+            for b, lab, m in zip(self.boxes, self.labels, self.instances, strict=True)
+        ]
 
 
 def batch_to_table(batch: RawBatch) -> pa.Table:
@@ -102,6 +116,7 @@ def batch_to_table(batch: RawBatch) -> pa.Table:
         "srgb": [s.astype(np.uint8).tobytes() for s in batch.srgb],
         "boxes": [b.reshape(-1).astype(np.float32) for b in batch.boxes],
         "labels": [lab.astype(np.int32) for lab in batch.labels],
+        "instances": [m.astype(np.uint8).tobytes() for m in batch.instances],
     }
     return pa.table(cols, schema=SCHEMA)
 
@@ -118,6 +133,16 @@ def table_to_batch(table: pa.Table, source: str = "table") -> RawBatch:
     h, w = int(d["height"][0]), int(d["width"][0])
     if any(hh != h or ww != w for hh, ww in zip(d["height"], d["width"], strict=True)):
         raise DataError(f"{source}: images of different sizes in one shard")
+    if any(m is None for m in d["instances"]):
+        raise DataError(
+            f"{source}: written before shard format {SHARD_FORMAT} (no instance-mask column); rebuild it with "
+            "`posisp data build` (built-in data) or `posisp data ingest` (your own)"
+        )
+    instances = []
+    for i, m in enumerate(d["instances"]):
+        if len(m) not in (0, h * w):
+            raise DataError(f"{source}: row {i} (id {d['id'][i]}) has an instance map of the wrong size")
+        instances.append(np.frombuffer(m, np.uint8).reshape(h, w) if m else np.zeros((0, 0), np.uint8))
     raw = np.empty((n, h, w), np.uint16)
     srgb = np.empty((n, h, w, 3), np.uint8)
     for i in range(n):
@@ -140,6 +165,7 @@ def table_to_batch(table: pa.Table, source: str = "table") -> RawBatch:
         labels=[np.asarray(lab, np.int64) for lab in d["labels"]],
         cfa=cfas.pop(),
         extra={k: np.asarray(d[k], np.float32) for k in ("wb_gains", "exposure_ratio", "shot_noise", "read_noise")},
+        instances=instances,
     )
 
 
@@ -158,6 +184,7 @@ def concat(batches: Sequence[RawBatch]) -> RawBatch:
         [x for b in batches for x in b.labels],
         b0.cfa,
         {k: np.concatenate([b.extra[k] for b in batches]) for k in b0.extra},
+        [x for b in batches for x in b.instances],
     )
 
 

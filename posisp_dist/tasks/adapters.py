@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from posisp_dist.tasks.base import Detections, Targets, state_dict_hash, to_torch_nchw
+from posisp_dist.tasks.base import DETECTION_METRICS, Detections, Targets, state_dict_hash, to_torch_nchw
 from posisp_dist.tasks.metrics import coco_map, prediction_score
 
 
 class _DetectorAdapter:
     classes: list[str]
     calls: int = 0
+    metrics = DETECTION_METRICS
 
     def predict(self, images: Any) -> Detections:
         raise NotImplementedError

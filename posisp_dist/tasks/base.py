@@ -14,6 +14,9 @@ the loss through the ISP's torch twin; a model without it can only be trained wi
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -22,11 +25,63 @@ Targets = list[dict[str, np.ndarray]]  # per image: boxes (k, 4) x0 y0 x1 y1 pix
 Detections = list[dict[str, np.ndarray]]  # per image: boxes (n, 4), scores (n,), labels (n,)
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One dataset metric a task reports: its key in eval rows and MLflow (`eval/<split>_<key>`), a label for
+    tables and figures, its direction and unit."""
+
+    key: str
+    label: str
+    higher_is_better: bool = True
+    unit: str = "%"
+
+    def better(self, a: float, b: float | None) -> bool:
+        """Is `a` better than `b` (None: nothing yet)?"""
+        return b is None or (a > b if self.higher_is_better else a < b)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+DETECTION_METRICS = (Metric("map", "mAP@.5:.95"), Metric("map50", "mAP@.5"))
+SEGMENTATION_METRICS = (Metric("mask_map", "mask mAP@.5:.95"), Metric("mask_map50", "mask mAP@.5"))
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """How to make one kind of frozen task model.
+
+    build(task_cfg, data_root, progress, device) -> model: made (or loaded from a cache) on this node;
+    weights_path(task_cfg, data_root) -> the file holding its weights after `build`, or None if it has none;
+    from_weights(task_cfg, classes, weight_bytes, device) -> model: rebuilt from shipped bytes (object-store
+    transport), reading neither `data.root` nor `task.cache_dir`; None: `build` is cheap and reads no disk.
+    """
+
+    name: str
+    build: Callable[[Any, Path, bool, str | None], Any]
+    metrics: tuple[Metric, ...]
+    weights_path: Callable[[Any, Path], Path | None] | None = None
+    from_weights: Callable[[Any, list[str], Any, str | None], Any] | None = None
+    needs_weights: bool = False  # `task.weights` must name a user file
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            raise ValueError(f"task kind {self.name!r} must declare at least one metric (the primary one first)")
+
+    @property
+    def primary(self) -> Metric:
+        return self.metrics[0]
+
+
+
 @runtime_checkable
 class TaskModel(Protocol):
-    """A frozen downstream model. Images are float (B, H, W, 3) in [0, 1], NumPy or CuPy."""
+    """A frozen downstream model. Images are float (B, H, W, 3) in [0, 1], NumPy or CuPy. `metrics` names
+    what `evaluate` returns, primary metric first (the one val selection and the headline tables use)."""
 
     classes: list[str]
+    metrics: tuple[Metric, ...]
 
     def score(self, images: Any, targets: Targets) -> np.ndarray:
         """Per-image training signal, higher is better (the negative, clipped task loss)."""
@@ -37,7 +92,7 @@ class TaskModel(Protocol):
         ...
 
     def evaluate(self, images: Any, targets: Targets) -> dict[str, float]:
-        """Dataset metric: COCO-style mAP@.5:.95 ('map') and mAP@.5 ('map50'), in percent."""
+        """Dataset metrics, keyed by `metrics` (a detector: COCO mAP@.5:.95 'map' and mAP@.5 'map50', %)."""
         ...
 
 

@@ -14,11 +14,18 @@ import numpy as np
 
 from posisp_dist.isp.modules import luminance
 from posisp_dist.isp.xp import array_module, to_numpy
-from posisp_dist.tasks.base import Detections, Targets
+from posisp_dist.tasks.base import Detections, Metric, Targets
+
+BRIGHTNESS_METRICS = (
+    Metric("within_tol", "images within 1 tolerance of the target luminance"),
+    Metric("within_2tol", "images within 2 tolerances of the target luminance"),
+)
 
 
 class BrightnessTarget:
-    """Score = -scale * |mean luminance - target|; the 'metric' is the share of images within tolerance."""
+    """Score = -scale * |mean luminance - target|; the metrics: the share of images within 1 and 2 tolerances."""
+
+    metrics = BRIGHTNESS_METRICS
 
     def __init__(self, classes: list[str], target: float = 0.4, scale: float = 10.0, tolerance: float = 0.05) -> None:
         if not 0.0 < target < 1.0:
@@ -53,4 +60,4 @@ class BrightnessTarget:
     def evaluate(self, images: Any, targets: Targets) -> dict[str, float]:
         err = np.abs(self.mean_luminance(images) - self.target)
         within = [100.0 * float(np.mean(err < k * self.tolerance)) for k in (1, 2)]
-        return {"map": within[0], "map50": within[1]}
+        return {"within_tol": within[0], "within_2tol": within[1]}

@@ -31,10 +31,14 @@ class CenterNet(nn.Module):
         self.offset = nn.Conv2d(2 * w, 2, 1)
         nn.init.constant_(self.heatmap.bias, -2.19)  # prior p = 0.1 on every cell (CenterNet)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 2w, H/4, W/4): the fused stride-4 features every head reads."""
         f4 = self.stage2(self.stage1(x))
         f8 = self.stage3(f4)
-        f = self.fuse(torch.cat([F.interpolate(f8, size=f4.shape[-2:], mode="nearest"), f4], 1))
+        return self.fuse(torch.cat([F.interpolate(f8, size=f4.shape[-2:], mode="nearest"), f4], 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(x)
         return {"heatmap": self.heatmap(f), "size": self.size(f), "offset": self.offset(f)}
 
 

@@ -5,24 +5,49 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from posisp_dist.config import TaskConfig
 from posisp_dist.data.shards import RawDataset, fingerprint
-from posisp_dist.tasks.base import Detections, Targets, state_dict_hash, to_torch_nchw
+from posisp_dist.tasks.base import DETECTION_METRICS, Detections, Targets, state_dict_hash, to_torch_nchw
 from posisp_dist.tasks.centernet import CenterNet, decode, encode_targets, per_image_loss
 from posisp_dist.tasks.metrics import coco_map, per_image_ap, prediction_score
+
+if TYPE_CHECKING:  # type hints only: the config module validates task kinds through the registry
+    from posisp_dist.config import TaskConfig
 
 MODEL_FORMAT_VERSION = 1
 SIGNALS = ("loss", "detection", "mixed", "ap")
 
 
 class BuiltinDetector:
-    """Frozen CenterNet behind the `TaskModel` interface; score = -clip(per-image CenterNet loss)."""
+    """Frozen CenterNet behind the `TaskModel` interface; score = -clip(per-image CenterNet loss).
+
+    A subclass with another head (`posisp_dist.tasks.segmenter`) overrides `net_class`, `kind`, `metrics`,
+    `head_loss`, `decode_batch`, `image_ap` and `evaluate`; loading, caching, training and the signals stay."""
+
+    metrics = DETECTION_METRICS
+    net_class = CenterNet
+    kind = "builtin_detector"
+    cache_prefix = "detector"
+    signals = SIGNALS
+
+    @staticmethod
+    def head_loss(pred: dict[str, torch.Tensor], targets: Targets, hw: tuple[int, int]) -> torch.Tensor:
+        """(B,) per-image training/task loss of the network's outputs (on the network's device)."""
+        device = pred["heatmap"].device
+        tgt = encode_targets(targets, pred["heatmap"].shape[1], hw)
+        return per_image_loss(pred, {k: v.to(device) for k, v in tgt.items()})
+
+    def decode_batch(self, pred: dict[str, torch.Tensor], hw: tuple[int, int]) -> Detections:
+        return decode(pred, min_score=self.score_threshold)
+
+    @staticmethod
+    def image_ap(dets: Detections, targets: Targets) -> np.ndarray:
+        return per_image_ap(dets, targets)
 
     def __init__(
         self,
@@ -44,14 +69,14 @@ class BuiltinDetector:
         self.batch_size = batch_size
         self.score_threshold = score_threshold
         self.calls = 0  # forward passes (batches) run, for compute accounting
-        if signal not in SIGNALS:
-            raise ValueError(f"unknown task signal {signal!r}; expected one of {SIGNALS}")
+        if signal not in self.signals:
+            raise ValueError(f"unknown task signal {signal!r} for {self.kind}; expected one of {self.signals}")
         self.signal, self.detection_scale = signal, detection_scale
 
     def fingerprint(self) -> str:
         """Weights plus every setting that changes `score` (the score cache's task key)."""
         settings = [self.classes, self.signal, self.loss_clip, self.detection_scale, self.score_threshold]
-        return fingerprint({"kind": "builtin_detector", "weights": state_dict_hash(self.net), "settings": settings})
+        return fingerprint({"kind": self.kind, "weights": state_dict_hash(self.net), "settings": settings})
 
     @property
     def n_params(self) -> int:
@@ -69,10 +94,10 @@ class BuiltinDetector:
         losses, dets = [], []
         for s in range(0, images.shape[0], self.batch_size):
             chunk = images[s : s + self.batch_size]
-            tgt = encode_targets(targets[s : s + self.batch_size], len(self.classes), chunk.shape[1:3])
             pred = self._forward(chunk)
-            losses.append(per_image_loss(pred, {k: v.to(self.device) for k, v in tgt.items()}).cpu().numpy())
-            dets += decode(pred, min_score=self.score_threshold)
+            hw = tuple(chunk.shape[1:3])
+            losses.append(self.head_loss(pred, targets[s : s + self.batch_size], hw).cpu().numpy())
+            dets += self.decode_batch(pred, hw)
         return np.concatenate(losses), dets
 
     def loss_and_score(self, images: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, np.ndarray]:
@@ -82,10 +107,10 @@ class BuiltinDetector:
         if len(targets) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
         self.calls += 1
-        tgt = encode_targets(targets, len(self.classes), tuple(images.shape[-2:]))
+        hw = tuple(images.shape[-2:])
         pred = self.net(images.to(self.device))
-        loss = per_image_loss(pred, {k: v.to(self.device) for k, v in tgt.items()})
-        dets = decode({k: v.detach() for k, v in pred.items()}, min_score=self.score_threshold)
+        loss = self.head_loss(pred, targets, hw)
+        dets = self.decode_batch({k: v.detach() for k, v in pred.items()}, hw)
         return loss, self._signal(loss.detach().cpu().numpy(), dets, targets)
 
     def losses(self, images: Any, targets: Targets) -> np.ndarray:
@@ -102,7 +127,7 @@ class BuiltinDetector:
         if self.signal == "loss":
             return neg_loss
         if self.signal == "ap":
-            return self.detection_scale * per_image_ap(dets, targets).astype(np.float64)
+            return self.detection_scale * self.image_ap(dets, targets).astype(np.float64)
         quality = self.detection_scale * prediction_score(dets, targets).astype(np.float64)
         return quality if self.signal == "detection" else quality + neg_loss
 
@@ -110,47 +135,56 @@ class BuiltinDetector:
     def predict(self, images: Any) -> Detections:
         dets: Detections = []
         for s in range(0, images.shape[0], self.batch_size):
-            dets += decode(self._forward(images[s : s + self.batch_size]), min_score=self.score_threshold)
+            dets += self.decode_batch(self._forward(images[s : s + self.batch_size]), tuple(images.shape[1:3]))
         return dets
 
     def evaluate(self, images: Any, targets: Targets) -> dict[str, float]:
         return coco_map(self.predict(images), targets, len(self.classes), tuple(images.shape[1:3]))
 
 
-def detector_path(cfg: TaskConfig, dataset: RawDataset) -> Path:
+def detector_path(cfg: TaskConfig, dataset: RawDataset, cls: type[BuiltinDetector] | None = None) -> Path:
+    cls = cls or BuiltinDetector
     key = fingerprint({"data": dataset.fingerprint, "train": cfg.train.model_dump(), "v": MODEL_FORMAT_VERSION})
-    return Path(cfg.cache_dir) / f"detector-{key}.pt"
+    return Path(cfg.cache_dir) / f"{cls.cache_prefix}-{key}.pt"
 
 
-def train_detector(cfg: TaskConfig, train: RawDataset, progress: bool = True) -> tuple[CenterNet, dict[str, Any]]:
-    """Deterministic training on the clean sRGB renders of the train split (random flips only)."""
+def _flip(x: np.ndarray, targets: Targets) -> tuple[np.ndarray, Targets]:
+    """Horizontal flip of a batch of images with their boxes and instance maps."""
+    w = x.shape[2]
+    flipped = [
+        {
+            "boxes": np.stack([w - t["boxes"][:, 2], t["boxes"][:, 1], w - t["boxes"][:, 0], t["boxes"][:, 3]], 1),
+            "labels": t["labels"],
+            "instances": t["instances"][:, ::-1] if t["instances"].size else t["instances"],
+        }
+        for t in targets
+    ]
+    return x[:, :, ::-1], flipped
+
+
+def train_detector(
+    cfg: TaskConfig, train: RawDataset, progress: bool = True, cls: type[BuiltinDetector] | None = None
+) -> tuple[CenterNet, dict[str, Any]]:
+    """Deterministic training of `cls`'s network (the detector's by default) on the clean sRGB renders of
+    the train split (random flips only), minimising its `head_loss`."""
+    cls = cls or BuiltinDetector
     tc = cfg.train
     torch.manual_seed(tc.seed)
     gen = np.random.default_rng(tc.seed)
     batch = train.load()
     images = batch.srgb.astype(np.float32) / 255.0
     targets = batch.targets
-    net = CenterNet(len(train.classes), tc.width)
+    net = cls.net_class(len(train.classes), tc.width)
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.1)
     net.train()
     t0, losses = time.time(), []
-    for _ in tqdm(range(tc.steps), desc="training built-in detector", disable=not progress):
+    for _ in tqdm(range(tc.steps), desc=f"training {cls.kind.replace('_', ' ')}", disable=not progress):
         idx = gen.integers(0, len(images), tc.batch_size)
         x, tg = images[idx], [targets[i] for i in idx]
         if gen.random() < 0.5:  # horizontal flip of the whole batch
-            w = x.shape[2]
-            x = x[:, :, ::-1]
-            tg = [
-                {
-                    "boxes": np.stack(
-                        [w - t["boxes"][:, 2], t["boxes"][:, 1], w - t["boxes"][:, 0], t["boxes"][:, 3]], 1
-                    ),
-                    "labels": t["labels"],
-                }
-                for t in tg
-            ]
-        loss = per_image_loss(net(to_torch_nchw(x, "cpu")), encode_targets(tg, len(train.classes), x.shape[1:3])).mean()
+            x, tg = _flip(x, tg)
+        loss = cls.head_loss(net(to_torch_nchw(x, "cpu")), tg, x.shape[1:3]).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -161,28 +195,33 @@ def train_detector(cfg: TaskConfig, train: RawDataset, progress: bool = True) ->
 
 
 def load_or_train_detector(
-    cfg: TaskConfig, data_root: str | Path, progress: bool = True, device: str | None = None
+    cfg: TaskConfig, data_root: str | Path, progress: bool = True, device: str | None = None,
+    cls: type[BuiltinDetector] | None = None,
 ) -> BuiltinDetector:
-    """The cached built-in detector for this dataset and training config; trained when missing."""
+    """The cached built-in `cls` (the detector by default) for this dataset and training config; trained when
+    missing."""
+    cls = cls or BuiltinDetector
     train = RawDataset(data_root, "train")
-    path = detector_path(cfg, train)
+    path = detector_path(cfg, train, cls)
     if path.exists():
-        return detector_from_state(cfg, train.classes, torch.load(path, map_location="cpu", weights_only=True), device)
-    net, info = train_detector(cfg, train, progress)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return detector_from_state(cfg, train.classes, state, device, cls)
+    net, info = train_detector(cfg, train, progress, cls)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(net.state_dict(), tmp)
     tmp.replace(path)  # atomic: a killed run never leaves a half-written cache file
     path.with_suffix(".json").write_text(json.dumps({**info, "classes": train.classes}, indent=2))
-    return detector_from_state(cfg, train.classes, net.state_dict(), device)
+    return detector_from_state(cfg, train.classes, net.state_dict(), device, cls)
 
 
 def detector_from_state(
-    cfg: TaskConfig, classes: list[str], state: dict[str, torch.Tensor], device: str | None = None
+    cfg: TaskConfig, classes: list[str], state: dict[str, torch.Tensor], device: str | None = None,
+    cls: type[BuiltinDetector] | None = None,
 ) -> BuiltinDetector:
-    """The frozen detector from a state dict, wherever it came from (the cache file or the object store)."""
-    net = CenterNet(len(classes), cfg.train.width)
+    """The frozen model from a state dict, wherever it came from (the cache file or the object store)."""
+    cls = cls or BuiltinDetector
+    net = cls.net_class(len(classes), cfg.train.width)
     net.load_state_dict(state)
-    return BuiltinDetector(
-        net, classes, cfg.loss_clip, cfg.batch_size, cfg.score_threshold, device, cfg.signal, cfg.detection_scale
-    )
+    return cls(net, classes, cfg.loss_clip, cfg.batch_size, cfg.score_threshold, device, cfg.signal,
+               cfg.detection_scale)

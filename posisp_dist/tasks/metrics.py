@@ -1,4 +1,4 @@
-"""COCO-style detection metrics through pycocotools, plus a per-image prediction-quality score."""
+"""COCO-style detection and instance-mask metrics through pycocotools, plus per-image quality scores."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from posisp_dist.tasks.base import Detections, Targets
 
 def coco_map(detections: Detections, targets: Targets, n_classes: int, image_hw: tuple[int, int]) -> dict[str, float]:
     """mAP@.5:.95 and mAP@.5 in percent, computed by pycocotools' COCOeval."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     if len(detections) != len(targets):
         raise ValueError(f"{len(detections)} detection lists for {len(targets)} targets")
@@ -36,19 +34,29 @@ def coco_map(detections: Detections, targets: Targets, n_classes: int, image_hw:
         for b, s, lab in zip(d["boxes"], d["scores"], d["labels"], strict=True):
             x0, y0, x1, y1 = (float(v) for v in b)
             dets.append({"image_id": i, "category_id": int(lab), "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s)})
+    return _cocoeval(images, anns, dets, n_classes, "bbox", ("map", "map50"))
+
+
+def _cocoeval(
+    images: list[dict], anns: list[dict], dets: list[dict], n_classes: int, iou_type: str, keys: tuple[str, str]
+) -> dict[str, float]:
+    """pycocotools' COCOeval of `dets` against `anns` -> {keys[0]: AP@[.5:.95], keys[1]: AP@.5} in percent."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     if not anns:
-        raise ValueError("no ground-truth objects: mAP is undefined")
+        raise ValueError(f"no ground-truth objects: {iou_type} mAP is undefined")
     if not dets:
-        return {"map": 0.0, "map50": 0.0}
+        return {keys[0]: 0.0, keys[1]: 0.0}
     gt = COCO()
     gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": c} for c in range(n_classes)]}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary table
         gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev = COCOeval(gt, gt.loadRes(dets), iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {"map": float(max(ev.stats[0], 0.0) * 100), "map50": float(max(ev.stats[1], 0.0) * 100)}
+    return {keys[0]: float(max(ev.stats[0], 0.0) * 100), keys[1]: float(max(ev.stats[1], 0.0) * 100)}
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -133,10 +141,15 @@ def per_image_ap(detections: Detections, targets: Targets, min_score: float = 0.
     matched-confidence scores, every false positive ranked above a true positive costs precision, at any
     confidence, as it does in mAP. An image with no objects scores 1 - its highest confidence.
     Vectorised over the batch: Python loops run over thresholds and detection ranks, never over images."""
-    sc, iou, n_gt = ranked_ious(detections, targets, min_score)
+    return ap_from_ranked(*ranked_ious(detections, targets, min_score))
+
+
+def ap_from_ranked(sc: np.ndarray, iou: np.ndarray, n_gt: np.ndarray) -> np.ndarray:
+    """(B,) per-image AP@[.5:.95] from ranked confidences (B, K), IoUs (B, K, G) and object counts (B,), as
+    `ranked_ious` (boxes) or `ranked_mask_ious` (instance masks) give them."""
     valid = sc >= 0  # real detections (padding ranks last)
     k_max, g_max = iou.shape[1], iou.shape[2]
-    b, rows = len(targets), np.arange(len(targets))
+    b, rows = len(n_gt), np.arange(len(n_gt))
     ap = np.zeros(b)
     for thr in COCO_IOUS:
         used = np.zeros((b, g_max), bool)
@@ -160,3 +173,65 @@ def per_image_ap(detections: Detections, targets: Targets, min_score: float = 0.
     ap /= len(COCO_IOUS)
     empty = 1.0 - np.where(valid[:, 0], sc[:, 0], 0.0)
     return np.where(n_gt == 0, empty, ap).astype(np.float32)
+
+
+def instance_masks(instances: np.ndarray, n: int) -> np.ndarray:
+    """(H, W) uint8 instance map -> (n, H, W) bool: object k (0-based) where the map holds k + 1."""
+    return instances[None] == np.arange(1, n + 1, dtype=np.uint8)[:, None, None]
+
+
+def ranked_mask_ious(
+    detections: Detections, targets: Targets, min_score: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As `ranked_ious`, with the IoU of each predicted instance mask (`detections[i]["masks"]`, (n, H, W)
+    bool) with each ground-truth object's visible mask (from `targets[i]["instances"]`)."""
+    if len(detections) != len(targets):
+        raise ValueError(f"{len(detections)} detection lists for {len(targets)} targets")
+    kept = [d["scores"] >= min_score for d in detections]
+    k_max = max([int(k.sum()) for k in kept] + [1])
+    g_max = max([len(t["labels"]) for t in targets] + [1])
+    b = len(targets)
+    sc = np.full((b, k_max), -1.0)
+    iou = np.zeros((b, k_max, g_max))
+    for i, (d, t, k) in enumerate(zip(detections, targets, kept, strict=True)):
+        order = np.argsort(-d["scores"][k], kind="stable")
+        scores, labels = d["scores"][k][order], d["labels"][k][order]
+        sc[i, : len(scores)] = scores
+        n = len(t["labels"])
+        if not len(scores) or not n:
+            continue
+        pred = d["masks"][k][order].reshape(len(scores), -1).astype(np.float32)
+        gt = instance_masks(t["instances"], n).reshape(n, -1).astype(np.float32)
+        inter = pred @ gt.T
+        union = pred.sum(1)[:, None] + gt.sum(1)[None] - inter
+        iou[i, : len(scores), :n] = inter / np.maximum(union, 1e-9) * (labels[:, None] == t["labels"][None])
+    return sc, iou, np.array([len(t["labels"]) for t in targets])
+
+
+def per_image_mask_ap(detections: Detections, targets: Targets, min_score: float = 0.0) -> np.ndarray:
+    """(B,) each image's own mask AP@[.5:.95] in [0, 1] (see `per_image_ap`; IoU of instance masks)."""
+    return ap_from_ranked(*ranked_mask_ious(detections, targets, min_score))
+
+
+def coco_mask_map(detections: Detections, targets: Targets, n_classes: int) -> dict[str, float]:
+    """Mask mAP@.5:.95 and mAP@.5 in percent, by pycocotools' COCOeval with `iouType="segm"` on RLE masks."""
+    from pycocotools import mask as rle
+
+    if len(detections) != len(targets):
+        raise ValueError(f"{len(detections)} detection lists for {len(targets)} targets")
+    encode = lambda m: rle.encode(np.asfortranarray(m.astype(np.uint8).transpose(1, 2, 0)))  # noqa: E731
+    images, anns, dets = [], [], []
+    for i, (d, t) in enumerate(zip(detections, targets, strict=True)):
+        if t["instances"].size == 0 and len(t["labels"]):
+            raise ValueError(f"image {i}: no instance masks in the annotations; mask mAP needs them")
+        h, w = t["instances"].shape
+        images.append({"id": i, "height": h, "width": w})
+        n = len(t["labels"])
+        codes = encode(instance_masks(t["instances"], n)) if n else []
+        for code, lab in zip(codes, t["labels"], strict=True):
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(lab), "segmentation": code,
+                         "area": float(rle.area(code)), "bbox": list(rle.toBbox(code)), "iscrowd": 0})
+        if len(d["scores"]):
+            for code, s, lab in zip(encode(d["masks"]), d["scores"], d["labels"], strict=True):
+                dets.append({"image_id": i, "category_id": int(lab), "segmentation": code, "score": float(s)})
+    return _cocoeval(images, anns, dets, n_classes, "segm", ("mask_map", "mask_map50"))

@@ -11,52 +11,25 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from posisp_dist.config import Config, flatten
-from posisp_dist.paths import resolve
-from posisp_dist.train.tracking import Tracker, default_tracking_uri, run_tags
-
-STATE_FILE = "driver_state.json"
-LAST_CKPT_TAG = "posisp.last_checkpoint"
-BEST_CKPT_TAG = "posisp.best_checkpoint"
-
-
-@dataclass
-class DriverState:
-    iteration: int = 0
-    env_steps: int = 0
-    episodes: int = 0
-    module_runs: int = 0
-    task_calls: int = 0
-    task_images: int = 0
-    task_backward_images: int = 0  # images whose task loss was backpropagated (pathwise parameter learning)
-    train_seconds: float = 0.0
-    env_runner_restarts: int = 0
-    last_metrics: dict[str, float] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)  # restarts and resumes, also in events.jsonl
-    best_val_map: float | None = None  # `train.val_every`: the best greedy val mAP so far, and its iteration
-    best_iteration: int = 0
-
-
-def resolve_paths(cfg: Config) -> Config:
-    """Absolute data, model and output paths (relative ones under POSISP_HOME), so Ray workers with another
-    cwd find them and a Ray job's temporary working_dir does not swallow them."""
-    raw = cfg.model_dump(mode="json")
-    raw["data"]["root"] = str(resolve(cfg.data.root))
-    raw["task"]["cache_dir"] = str(resolve(cfg.task.cache_dir))
-    raw["train"]["out_dir"] = str(resolve(cfg.train.out_dir))
-    return Config.model_validate(raw)
-
-
-def open_tracker(cfg: Config, uri: str | None = None) -> Tracker:
-    t = cfg.tracking
-    return Tracker(uri or t.uri or default_tracking_uri(), t.experiment, t.artifact_root)
+from posisp_dist.train.storage import (
+    BEST_CKPT_TAG,
+    Checkpoints,
+    DriverState,
+    download_text,
+    find_resume_checkpoint,
+    open_tracker,
+    read_state,
+    resolve_paths,
+    selection_key,
+    upload_checkpoint,
+)
+from posisp_dist.train.tracking import Tracker, run_tags
 
 
 def iteration_metrics(result: dict[str, Any], state: DriverState) -> dict[str, float]:
@@ -91,79 +64,6 @@ def iteration_metrics(result: dict[str, Any], state: DriverState) -> dict[str, f
     }
     out.update({k: v for k, v in runners.items() if k.startswith(("isp/", "time/"))})
     return {k: float(v) for k, v in out.items() if isinstance(v, int | float)}
-
-
-class Checkpoints:
-    """Local checkpoints of one run (`<out_dir>/<run_id>/checkpoints/iter_NNNNNN`), newest kept."""
-
-    def __init__(self, root: Path, keep: int) -> None:
-        self.root, self.keep = root, keep
-        root.mkdir(parents=True, exist_ok=True)
-
-    def save(self, algo: Any, state: DriverState) -> Path:
-        final = self.root / f"iter_{state.iteration:06d}"
-        tmp = self.root / f".tmp_{state.iteration:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        algo.save_to_path(str(tmp))
-        self.write_state(tmp, state)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)  # a killed driver never leaves a half-written checkpoint under a final name
-        for old in sorted(self.root.glob("iter_*"))[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
-
-    def latest(self) -> Path | None:
-        found = sorted(self.root.glob("iter_*"))
-        return found[-1] if found else None
-
-    def write_state(self, ckpt: Path, state: DriverState) -> None:
-        (ckpt / STATE_FILE).write_text(json.dumps(asdict(state)))
-
-    def keep_best(self, ckpt: Path) -> Path:
-        """Copy `ckpt` to `best/` (replaced atomically), out of reach of the newest-N rotation."""
-        tmp, best = self.root / ".tmp_best", self.root / "best"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(ckpt, tmp)
-        shutil.rmtree(best, ignore_errors=True)
-        tmp.rename(best)
-        return best
-
-    def best(self) -> Path | None:
-        return self.root / "best" if (self.root / "best").exists() else None
-
-
-def read_state(ckpt: Path) -> DriverState:
-    return DriverState(**json.loads((ckpt / STATE_FILE).read_text()))
-
-
-def find_resume_checkpoint(tracker: Tracker, local: Checkpoints, run_id: str | None = None) -> Path | None:
-    """The newest checkpoint of the run: local if present, else the last one uploaded to MLflow."""
-    candidates = [p for p in [local.latest()] if p is not None]
-    tag = tracker.get_run(run_id).data.tags.get(LAST_CKPT_TAG)
-    if tag:
-        remote_iter = int(tag.rsplit("_", 1)[-1])
-        if not candidates or read_state(candidates[0]).iteration < remote_iter:
-            dst = local.root.parent / "downloaded"
-            shutil.rmtree(dst, ignore_errors=True)
-            candidates = [tracker.download_artifacts(tag, dst, run_id=run_id)]
-    return candidates[0] if candidates else None
-
-
-def fetch_run(run_id: str, tracking_uri: str | None = None) -> tuple[Config, Path, Tracker]:
-    """A finished (or interrupted) run's resolved config and checkpoint for eval and apply: the best on val
-    when the run selected one (`train.val_every`), else the newest."""
-    tracker = open_tracker(Config(), tracking_uri)
-    run = tracker.get_run(run_id)  # raises TrackingError naming an unknown run
-    cfg = Config.model_validate(json.loads(_download_text(tracker, run_id, "config.json")))
-    local = Checkpoints(Path(cfg.train.out_dir) / run_id / "checkpoints", cfg.train.keep_checkpoints)
-    best_tag = run.data.tags.get(BEST_CKPT_TAG)
-    if local.best() is None and best_tag:  # selected on another machine: fetch it from the run
-        tracker.download_artifacts(best_tag, local.root / ".download_best", run_id=run_id)
-        (local.root / ".download_best" / Path(best_tag).name).rename(local.root / "best")
-    ckpt = (local.best() if best_tag else None) or find_resume_checkpoint(tracker, local, run_id)
-    if ckpt is None:
-        raise FileNotFoundError(f"run {run_id} has no checkpoint yet (it failed before its first iteration)")
-    return cfg, ckpt, tracker
 
 
 def _ray_init(cfg: Config) -> bool:
@@ -210,7 +110,7 @@ def train(
     tracker = open_tracker(cfg or Config(), tracking_uri)
     if resume_run_id:
         stored = tracker.get_run(resume_run_id)  # raises TrackingError naming an unknown run
-        cfg = Config.model_validate(json.loads(_download_text(tracker, resume_run_id, "config.json")))
+        cfg = Config.model_validate(json.loads(download_text(tracker, resume_run_id, "config.json")))
         tracker.start(resume_run_id=stored.info.run_id)
     else:
         cfg = resolve_paths(cfg)
@@ -243,13 +143,6 @@ def train(
 def _device(cfg: Config) -> str:
     gpus = cfg.train.num_gpus_per_env_runner + cfg.train.num_gpus_per_learner
     return "cuda" if gpus > 0 else "cpu"
-
-
-def _download_text(tracker: Tracker, run_id: str, path: str) -> str:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return Path(tracker.download_artifacts(path, tmp, run_id=run_id)).read_text()
 
 
 def _train_loop(
@@ -313,7 +206,7 @@ def _train_loop(
             if cfg.train.val_every and (state.iteration % cfg.train.val_every == 0 or last):
                 val_core = _select_on_val(cfg, tracker, local, ckpt, state, val_core)
             if state.iteration % cfg.train.checkpoint_every == 0 or last:
-                uploaded = _upload(tracker, ckpt)
+                uploaded = upload_checkpoint(tracker, ckpt)
             bar.update(1)
             bar.set_postfix(reward=f"{state.last_metrics.get('charts/episode_reward_mean', float('nan')):.3f}")
             if on_iteration is not None:
@@ -323,7 +216,7 @@ def _train_loop(
         bar.close()
         ckpt = local.latest()
         if ckpt is not None and uploaded != ckpt.name:
-            _upload(tracker, ckpt)
+            upload_checkpoint(tracker, ckpt)
         if local.best() is not None:
             tracker.log_artifact(local.best(), "checkpoints/best")
             tracker.set_tags({BEST_CKPT_TAG: "checkpoints/best"})
@@ -353,15 +246,16 @@ def _select_on_val(
     """Score the greedy policy of `ckpt` on the val split; keep it as `best/` when its mAP is the best so far.
     Returns the val split's core, kept by the caller for the next call."""
     from envs.factory import CoreSource
-    from posisp_dist.train.report import greedy_on_split
+    from posisp_dist.train.inference import greedy_on_split
 
     t0 = time.perf_counter()
     core = core if core is not None else CoreSource(cfg, "val").get()
-    val_map = float(greedy_on_split(cfg, ckpt, "val", core)["map"])
+    primary = core.task.metrics[0]  # the task's own headline metric, with its direction
+    value = float(greedy_on_split(cfg, ckpt, "val", core)[primary.key])
     val_s = time.perf_counter() - t0
-    tracker.log_metrics({"eval/val_map_selection": val_map, "time/val_s": val_s}, step=state.env_steps)
-    if state.best_val_map is None or val_map > state.best_val_map:
-        state.best_val_map, state.best_iteration = val_map, state.iteration
+    tracker.log_metrics({selection_key(cfg): value, "time/val_s": val_s}, step=state.env_steps)
+    if primary.better(value, state.best_val):
+        state.best_val, state.best_iteration = value, state.iteration
         local.write_state(ckpt, state)  # a resumed run knows the best so far
         local.keep_best(ckpt)
     return core
@@ -397,9 +291,3 @@ def _log_events(tracker: Tracker, state: DriverState, algo: Any = None) -> None:
         placement = describe_env_runners(algo)
         tracker.log_dict(placement, "env_runners.json")
         tracker.set_tags({"posisp.env_runner_nodes": str(len({r["node_id"] for r in placement}))})
-
-
-def _upload(tracker: Tracker, ckpt: Path) -> str:
-    tracker.log_artifact(ckpt, f"checkpoints/{ckpt.name}")
-    tracker.set_tags({LAST_CKPT_TAG: f"checkpoints/{ckpt.name}"})
-    return ckpt.name

@@ -14,25 +14,25 @@ from typing import Any
 import numpy as np
 
 from posisp_dist.config import Config
-from posisp_dist.train.driver import fetch_run
+from posisp_dist.train.storage import fetch_run
 
 
 def policy_row(cfg: Config, ckpt: Path, split: str, res: dict[str, Any] | None = None) -> dict[str, Any]:
     """The learned policy's row: metrics and the greedy pipeline of every image of `split` (from `res`, a
     `greedy_on_split` result, when the caller already has one)."""
+    from posisp_dist.train.inference import greedy_on_split
     from posisp_dist.train.methods import method_name
-    from posisp_dist.train.report import greedy_on_split
 
     res = res or greedy_on_split(cfg, ckpt, split)
     core = res["core"]
+    metrics = {m.key: res[m.key] for m in core.task.metrics}
     per_image = [
         {"image_id": int(i), "reward": round(float(r), 5), **core.executor.decode(t, p).to_json()}
         for i, r, t, p in zip(core.batch.ids, res["rewards"], res["tokens"], res["params"], strict=True)
     ]
     return {
         "method": method_name(cfg),
-        "map": res["map"],
-        "map50": res["map50"],
+        **metrics,
         "score": res["score"],
         "reward_mean": float(np.mean(res["rewards"])),
         "pipelines": per_image,
@@ -62,8 +62,8 @@ def remember_policy_row(cfg: Config, ckpt: Path, split: str, res: dict[str, Any]
 def evaluate_run(
     run_id: str, split: str = "test", tracking_uri: str | None = None, progress: bool = True, baselines: bool = True
 ) -> dict:
-    """Rows {method, map, map50, score} for the baselines (unless `baselines=False`) and the learned policy;
-    logged to the run as well."""
+    """Rows {method, <the task's metrics>, score} for the baselines (unless `baselines=False`) and the learned
+    policy, and the task's `metrics` (key, label, direction; primary first); logged to the run as well."""
     from posisp_dist.baselines.table import baseline_table
     from posisp_dist.cache import cached_json, eval_key, open_cache
     from posisp_dist.data.shards import RawDataset
@@ -80,8 +80,8 @@ def evaluate_run(
         rows = cached_json(cache, key, lambda: baseline_table(cfg, task, split, get_xp(cfg.isp.backend)))
     row = cached_json(cache, policy_row_key(cfg, ckpt, split, task), lambda: policy_row(cfg, ckpt, split))
     rows.append({**row, "checkpoint": str(ckpt)})
-    payload = {"run_id": run_id, "split": split, "rows": rows}
+    payload = {"run_id": run_id, "split": split, "metrics": [m.to_json() for m in task.metrics], "rows": rows}
     tracker.attach(run_id)
     tracker.log_dict(payload, f"eval/{split}.json")
-    tracker.log_metrics({f"eval/{split}_map": rows[-1]["map"], f"eval/{split}_map50": rows[-1]["map50"]}, step=0)
+    tracker.log_metrics({f"eval/{split}_{m.key}": rows[-1][m.key] for m in task.metrics}, step=0)
     return payload

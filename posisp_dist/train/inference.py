@@ -1,4 +1,4 @@
-"""Running a trained sequence policy: load it from a checkpoint, pick greedy pipelines, apply them."""
+"""Running a trained policy: load it from a checkpoint, pick greedy pipelines, apply them, score a split."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from envs.core import area_downsample
+from posisp_dist.config import Config
 from posisp_dist.isp.executor import ISPExecutor
 from posisp_dist.isp.xp import to_numpy
 
@@ -126,3 +127,27 @@ def pipeline_summary(executor: ISPExecutor, tokens: np.ndarray, params: np.ndarr
         "best": {"reward": float(rewards[best]), **decoded[best].to_json()},
         "mean_reward": float(np.mean(rewards)),
     }
+
+
+def greedy_on_split(cfg: Config, checkpoint: str | Path, split: str, core: Any = None) -> dict[str, Any]:
+    """Greedy pipelines of the checkpoint's policy on every image of `split`, run and scored in batches
+    (`core`: that split's `ISPTaskCore`, when the caller keeps one)."""
+    from envs.factory import CoreSource
+
+    core = core if core is not None else CoreSource(cfg, split).get()
+    module = load_policy(checkpoint)
+    tokens, params = policy_pipelines(module, core.images, core.executor, core.preview_size, stepwise_steps(cfg))
+    chunks = [
+        core.evaluate(np.arange(i, min(i + 64, len(core))), tokens[i : i + 64], params[i : i + 64], keep_output=True)
+        for i in range(0, len(core), 64)
+    ]
+    outputs = core.xp.concatenate([c.output for c in chunks])
+    rewards = np.concatenate([c.reward for c in chunks])
+    metric = core.task.evaluate(outputs, core.targets)
+    return {"core": core, "tokens": tokens, "params": params, "outputs": outputs, "rewards": rewards, **metric,
+            "score": float(np.mean(np.concatenate([c.task_score for c in chunks])))}
+
+
+def stepwise_steps(cfg: Config) -> int | None:
+    """K for a step-wise run, None for the sequence policy."""
+    return cfg.env.max_steps if cfg.env.kind == "stepwise" else None

@@ -8,7 +8,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -26,19 +26,22 @@ class CompareConfig(_Strict):
     base: str = Field("configs/quick.yaml", description="experiment YAML every method starts from")
     methods: tuple[str, ...] = Field(tuple(METHODS), description=f"learned methods, from {tuple(METHODS)}")
     seeds: tuple[int, ...] = Field((0, 1), min_length=1)
-    budget: str = Field("wall_clock", description="wall_clock (same training seconds) | images (same images)")
+    budget: Literal["wall_clock", "images"] = Field(
+        "wall_clock", description="wall_clock (same training seconds) | images (same images)"
+    )
     wall_clock_s: float = Field(300.0, gt=0, description="training seconds per method and seed")
     images: int = Field(16384, ge=1, description="training images (episodes) per method and seed")
-    split: str = Field("test", description="held-out split of the metric")
+    split: Literal["val", "test"] = Field("test", description="held-out split of the metric")
     latency_images: int = Field(64, ge=1, description="images timed for the policy's inference latency")
+    val_every_images: int = Field(
+        512, ge=1, description="score the greedy policy on val about every this many training images (the curve)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CompareConfig:
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; expected some of {tuple(METHODS)}")
-        if self.budget not in ("wall_clock", "images"):
-            raise ValueError(f"budget must be wall_clock or images, got {self.budget!r}")
         return self
 
 
@@ -64,15 +67,19 @@ def method_config(base: Config, method: str, seed: int, ccfg: CompareConfig) -> 
     budget = {"time_budget_s": ccfg.wall_clock_s, "image_budget": None}
     if ccfg.budget == "images":
         budget = {"time_budget_s": None, "image_budget": ccfg.images}
-    raw["train"].update(iterations=10**6, **budget)
+    cfg = Config.model_validate(raw)
+    # val points at about the same training images for every method: a step-wise iteration holds
+    # train_batch_size steps, up to max_steps per image, a sequence iteration one image per step
+    per_iteration = cfg.ppo.train_batch_size / (cfg.env.max_steps if cfg.env.kind == "stepwise" else 1)
+    val_every = max(1, round(ccfg.val_every_images / per_iteration))
+    raw["train"].update(iterations=10**6, val_every=val_every, **budget)
     return Config.model_validate(raw)
 
 
 def policy_latency_ms(cfg: Config, checkpoint: str, n: int) -> tuple[float, int]:
     """(ms per image of greedy policy inference on `n` val images, policy parameter count)."""
     from envs.factory import CoreSource
-    from posisp_dist.train.inference import load_policy, policy_pipelines
-    from posisp_dist.train.report import stepwise_steps
+    from posisp_dist.train.inference import load_policy, policy_pipelines, stepwise_steps
 
     core = CoreSource(cfg, "val").get()
     module = load_policy(checkpoint)
@@ -87,19 +94,21 @@ def policy_latency_ms(cfg: Config, checkpoint: str, n: int) -> tuple[float, int]
 def learned_row(
     ccfg: CompareConfig, base: Config, method: str, seed: int, parent: str, progress: bool, baselines: bool
 ) -> dict:
-    from posisp_dist.train.driver import open_tracker, train
+    from posisp_dist.train.driver import train
     from posisp_dist.train.evaluate import evaluate_run
+    from posisp_dist.train.storage import open_tracker, selection_key
 
     cfg = method_config(base, method, seed, ccfg)
     t0 = time.perf_counter()
     summary = train(cfg, progress=progress, parent_run_id=parent)
     wall = time.perf_counter() - t0
-    rows = evaluate_run(summary["run_id"], ccfg.split, summary["tracking_uri"], False, baselines)["rows"]
+    payload = evaluate_run(summary["run_id"], ccfg.split, summary["tracking_uri"], False, baselines)
+    rows, metrics = payload["rows"], [m["key"] for m in payload["metrics"]]
     learned = rows[-1]
     ms, n_params = policy_latency_ms(cfg, summary["checkpoint"], ccfg.latency_images)
-    curve = val_curve(open_tracker(cfg, summary["tracking_uri"]), summary["run_id"])
+    curve = val_curve(open_tracker(cfg, summary["tracking_uri"]), summary["run_id"], selection_key(cfg))
     return {
-        "method": method, "seed": seed, "run_id": summary["run_id"], "map": learned["map"], "map50": learned["map50"],
+        "method": method, "seed": seed, "run_id": summary["run_id"], **{k: learned[k] for k in metrics},
         "module_runs": summary["module_runs"], "task_images": summary["task_images"], "images": summary["images"],
         "task_backward_images": summary["task_backward_images"],
         "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1), "latency_ms": ms,
@@ -111,34 +120,36 @@ CURVE_COUNTERS = {"images": "charts/episodes_total", "module_runs": "isp/module_
                   "task_images": "isp/task_images_total", "task_backward_images": "isp/task_backward_images_total"}
 
 
-def val_curve(tracker: Any, run_id: str) -> list[dict[str, float]]:
-    """Greedy val mAP at every selection point of a run, with the training compute spent until then
-    (training images, ISP module runs, task-model forward and backward images), joined on the env step."""
-    counters = {name: dict(tracker.history(key, run_id)) for name, key in CURVE_COUNTERS.items()}
+def val_curve(tracker: Any, run_id: str, key: str) -> list[dict[str, float]]:
+    """The primary metric, greedy on val (MLflow `key`), at every selection point of a run, with the training
+    compute spent until then (training images, ISP module runs, task-model forward and backward images),
+    joined on the env step."""
+    counters = {name: dict(tracker.history(k, run_id)) for name, k in CURVE_COUNTERS.items()}
     return [
-        {"env_steps": step, "val_map": value, **{name: float(c.get(step, np.nan)) for name, c in counters.items()}}
-        for step, value in tracker.history("eval/val_map_selection", run_id)
+        {"env_steps": step, "val": value, **{name: float(c.get(step, np.nan)) for name, c in counters.items()}}
+        for step, value in tracker.history(key, run_id)
     ]
 
 
 def compute_to_reach(rows: list[dict], method: str, target: str, counter: str = "module_runs") -> dict[str, Any]:
-    """Per seed: the `counter` `method` had spent when its val mAP first reached `target`'s final val mAP,
-    and what `target` spent in all; their ratio answers "the same metric with a fifth of the compute?"."""
+    """Per seed: the `counter` `method` had spent when its val metric first reached `target`'s best val value
+    (its kept checkpoint), and what `target` spent in all; their ratio answers "the same metric with a fifth
+    of the compute?". Higher is better (the built-in tasks' primary metrics)."""
     out = []
     for seed in sorted({r["seed"] for r in rows if r["method"] == target}):
         mine = [r for r in rows if r["seed"] == seed and r["method"] in (method, target)]
         by = {r["method"]: r for r in mine}
         if method not in by or not by[target].get("curve") or not by[method].get("curve"):
             continue
-        goal = max(p["val_map"] for p in by[target]["curve"])  # the target's kept (best) checkpoint
-        spent = next((p[counter] for p in by[method]["curve"] if p["val_map"] >= goal), None)
+        goal = max(p["val"] for p in by[target]["curve"])  # the target's kept (best) checkpoint
+        spent = next((p[counter] for p in by[method]["curve"] if p["val"] >= goal), None)
         total = float(by[target][counter])
-        out.append({"seed": seed, "target_val_map": goal, "spent": spent, "target_spent": total,
+        out.append({"seed": seed, "target_val": goal, "spent": spent, "target_spent": total,
                     "ratio": None if spent is None or not total else spent / total})
     return {"method": method, "target": target, "counter": counter, "seeds": out}
 
 
-def fixed_rows(payload_rows: list[dict], base: Config, seed: int) -> list[dict]:
+def fixed_rows(payload_rows: list[dict], base: Config, seed: int, metrics: list[str]) -> list[dict]:
     """Random search, camera ISP and input RAW; random search's compute is its search on val images."""
     from posisp_dist.baselines.table import random_pipelines
     from posisp_dist.isp.executor import sequence_lengths
@@ -151,23 +162,22 @@ def fixed_rows(payload_rows: list[dict], base: Config, seed: int) -> list[dict]:
               "task_images": bc.n_pipelines * bc.search_images}
     none = {"module_runs": 0, "task_images": 0}
     return [
-        {"method": r["method"], "seed": seed, "map": r["map"], "map50": r["map50"],
+        {"method": r["method"], "seed": seed, **{k: r[k] for k in metrics},
          **(search if r["method"] == "random_search" else none)}
         for r in payload_rows if r["method"] in FIXED
     ]
 
 
-AGGREGATED = ("map", "map50", "module_runs", "task_images", "task_backward_images", "train_seconds", "latency_ms",
-              "params")
+COUNTERS = ("module_runs", "task_images", "task_backward_images", "train_seconds", "latency_ms", "params")
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean ± std over seeds per method."""
+def aggregate(rows: list[dict], metrics: list[str]) -> list[dict]:
+    """Mean ± std over seeds per method, of the task's metrics and the compute counters."""
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         agg: dict[str, Any] = {"method": method, "seeds": len(mine)}
-        for key in AGGREGATED:
+        for key in (*metrics, *COUNTERS):
             vals = [float(r[key]) for r in mine if key in r]
             if vals:
                 agg[key], agg[f"{key}_std"] = float(np.mean(vals)), float(np.std(vals))
@@ -186,16 +196,16 @@ def budget_text(ccfg: CompareConfig) -> str:
     return f"{ccfg.wall_clock_s:g} s of training" if ccfg.budget == "wall_clock" else f"{ccfg.images} training images"
 
 
-def markdown(agg: list[dict], ccfg: CompareConfig) -> str:
+def markdown(agg: list[dict], ccfg: CompareConfig, metrics: list[dict]) -> str:
     lines = [
         f"Budget per method and seed: {budget_text(ccfg)}; seeds {list(ccfg.seeds)} (each regenerates the data and "
         f"the task model); split `{ccfg.split}`; mean ± std over seeds.",
         "",
-        "| method | mAP@.5:.95 | mAP@.5 | ISP module runs | task-model fwd images | task-model bwd images | train s "
-        "| latency ms/img | params |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | " + " | ".join(m["label"] for m in metrics) + " | ISP module runs | task-model fwd images "
+        "| task-model bwd images | train s | latency ms/img | params |",
+        "|---" * (len(metrics) + 7) + "|",
     ]
-    keys = [("map", ".1f"), ("map50", ".1f"), ("module_runs", ".0f"), ("task_images", ".0f"),
+    keys = [*((m["key"], ".1f") for m in metrics), ("module_runs", ".0f"), ("task_images", ".0f"),
             ("task_backward_images", ".0f"), ("train_seconds", ".0f"), ("latency_ms", ".2f"), ("params", ".0f")]
     for a in agg:
         lines.append(f"| {a['method']} | " + " | ".join(_cell(a, k, f) for k, f in keys) + " |")
@@ -214,9 +224,9 @@ def reach_markdown(reach: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def metric_vs_compute_png(agg: list[dict], rows: list[dict], path: Path) -> Path:
-    """Left: test mAP@.5:.95 against ISP module runs during training (log x), one marker per method. Middle
-    and right: each learned method's val-mAP curve (one line per seed) against training images and against
+def metric_vs_compute_png(agg: list[dict], rows: list[dict], path: Path, primary: dict) -> Path:
+    """Left: the primary test metric against ISP module runs during training (log x), one marker per method. Middle
+    and right: each learned method's val curve of it (one line per seed) against training images and against
     ISP module runs."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -226,24 +236,25 @@ def metric_vs_compute_png(agg: list[dict], rows: list[dict], path: Path) -> Path
     colours = {m: f"C{i}" for i, m in enumerate(a["method"] for a in agg)}
     for a in agg:
         x = max(a.get("module_runs", 0.0), 1.0)
-        ax.errorbar(x, a["map"], yerr=a.get("map_std", 0.0), fmt="o", capsize=3, label=a["method"],
+        key = primary["key"]
+        ax.errorbar(x, a[key], yerr=a.get(f"{key}_std", 0.0), fmt="o", capsize=3, label=a["method"],
                     color=colours[a["method"]])
     ax.set_xscale("log")
     ax.set_xlabel("ISP module runs during training (1 = none)")
-    ax.set_ylabel("held-out (test) mAP@.5:.95")
+    ax.set_ylabel(f"held-out {primary['label']}")
     ax.legend(fontsize=7)
     for r in rows:
         if not r.get("curve"):
             continue
         label = r["method"] if r["seed"] == min(q["seed"] for q in rows if q["method"] == r["method"]) else None
         for axis, key in ((by_images, "images"), (by_runs, "module_runs")):
-            xs, ys = [p[key] for p in r["curve"]], [p["val_map"] for p in r["curve"]]
+            xs, ys = [p[key] for p in r["curve"]], [p["val"] for p in r["curve"]]
             axis.plot(xs, ys, marker=".", linewidth=1.2, color=colours[r["method"]], label=label, alpha=0.8)
     by_images.set_xlabel("training images")
     by_runs.set_xlabel("ISP module runs during training")
     by_runs.set_xscale("log")
     for axis in (by_images, by_runs):
-        axis.set_ylabel("val mAP@.5:.95 (greedy, at each selection point)")
+        axis.set_ylabel(f"val {primary['label']} (greedy, at each selection point)")
         axis.legend(fontsize=7)
     for axis in (ax, by_images, by_runs):
         axis.grid(alpha=0.3)
@@ -254,15 +265,16 @@ def metric_vs_compute_png(agg: list[dict], rows: list[dict], path: Path) -> Path
 REACH = (("sequence_ppo", "stepwise_ppo_adaptiveisp"), ("sequence_ppo", "stepwise_ppo"))
 
 
-def summarise(ccfg: CompareConfig, rows: list[dict], parent: str | None) -> dict[str, Any]:
-    """Aggregate, table and the compute-to-reach figures of the rows so far."""
-    agg = aggregate(rows)
+def summarise(ccfg: CompareConfig, rows: list[dict], parent: str | None, metrics: list[dict]) -> dict[str, Any]:
+    """Aggregate, table and the compute-to-reach figures of the rows so far (`metrics`: the task's, primary
+    first, as in an eval payload)."""
+    agg = aggregate(rows, [m["key"] for m in metrics])
     methods = {r["method"] for r in rows}
     reach = [compute_to_reach(rows, m, t, c) for m, t in REACH if {m, t} <= methods
              for c in ("module_runs", "task_images")]
     return {"command": shlex.join(["posisp", *sys.argv[1:]]), "config": ccfg.model_dump(mode="json"),
-            "budget": budget_text(ccfg), "rows": rows, "aggregate": agg, "reach": reach,
-            "table": markdown(agg, ccfg), "reach_table": reach_markdown(reach), "parent_run_id": parent}
+            "budget": budget_text(ccfg), "metrics": metrics, "rows": rows, "aggregate": agg, "reach": reach,
+            "table": markdown(agg, ccfg, metrics), "reach_table": reach_markdown(reach), "parent_run_id": parent}
 
 
 def run_compare(
@@ -270,9 +282,12 @@ def run_compare(
 ) -> dict[str, Any]:
     """Train and evaluate every method for every seed (nested under one parent MLflow run). With `out_json`
     the payload is rewritten after every trained row, so a stopped comparison keeps what it finished."""
-    from posisp_dist.train.driver import open_tracker, resolve_paths
+    from posisp_dist.tasks import task_metrics
+    from posisp_dist.train.storage import open_tracker, resolve_paths
 
     base = resolve_paths(base)
+    metrics = [m.to_json() for m in task_metrics(base.task)]
+    keys = [m["key"] for m in metrics]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tracker = open_tracker(base)
@@ -285,15 +300,15 @@ def run_compare(
                 first = method == ccfg.methods[0]  # the fixed rows: evaluated once per seed
                 row = learned_row(ccfg, base, method, seed, str(tracker.run_id), progress, baselines=first)
                 if first:
-                    rows += fixed_rows(row.pop("fixed_rows"), method_config(base, method, seed, ccfg), seed)
+                    rows += fixed_rows(row.pop("fixed_rows"), method_config(base, method, seed, ccfg), seed, keys)
                 row.pop("fixed_rows", None)
                 rows.append(row)
                 if out_json:
-                    write_json(out_json, summarise(ccfg, rows, str(tracker.run_id)))
-        payload = summarise(ccfg, rows, str(tracker.run_id))
+                    write_json(out_json, summarise(ccfg, rows, str(tracker.run_id), metrics))
+        payload = summarise(ccfg, rows, str(tracker.run_id), metrics)
         (out / "compare.md").write_text(payload["table"] + "\n\n" + payload["reach_table"] + "\n")
         tracker.log_artifact(out / "compare.md")
-        tracker.log_artifact(metric_vs_compute_png(payload["aggregate"], rows, out / "compare.png"))
+        tracker.log_artifact(metric_vs_compute_png(payload["aggregate"], rows, out / "compare.png", metrics[0]))
         tracker.log_dict(payload, "compare_rows.json")
     return payload
 

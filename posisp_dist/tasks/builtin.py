@@ -1,0 +1,115 @@
+"""The built-in task kinds (`BUILTIN_KINDS`, registered by `posisp_dist.tasks.registry`): the CenterNet-style
+detector trained on the built-in scenes, the torchvision and ultralytics adapters around user weights, and the
+known-answer brightness task. Each builder imports its model only when called."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from posisp_dist.tasks.base import DETECTION_METRICS, SEGMENTATION_METRICS, TaskKind
+from posisp_dist.tasks.brightness import BRIGHTNESS_METRICS
+
+
+def _classes(data_root: Path) -> list[str]:
+    from posisp_dist.data.shards import RawDataset
+
+    return RawDataset(data_root, "train").classes
+
+
+def _scratch_file(weights: Any, suffix: str) -> str:
+    """The adapters' libraries load from a path: a private scratch file on this node, not the shared disk."""
+    fd, path = tempfile.mkstemp(prefix="posisp-task-", suffix=suffix)
+    with os.fdopen(fd, "wb") as f:
+        f.write(memoryview(weights))
+    return path
+
+
+def _model_class(segmenter: bool) -> Any:
+    if segmenter:
+        from posisp_dist.tasks.segmenter import BuiltinSegmenter
+
+        return BuiltinSegmenter
+    from posisp_dist.tasks.detector import BuiltinDetector
+
+    return BuiltinDetector
+
+
+def _builtin(name: str, segmenter: bool, metrics: Any, description: str) -> TaskKind:
+    """The built-in detector or segmenter: trained once on the clean renders, cached by fingerprint."""
+
+    def build(cfg: Any, root: Path, progress: bool, device: str | None) -> Any:
+        from posisp_dist.tasks.detector import load_or_train_detector
+
+        return load_or_train_detector(cfg, root, progress, device, _model_class(segmenter))
+
+    def weights_path(cfg: Any, root: Path) -> Path:
+        from posisp_dist.data.shards import RawDataset
+        from posisp_dist.tasks.detector import detector_path
+
+        return detector_path(cfg, RawDataset(root, "train"), _model_class(segmenter))
+
+    def from_weights(cfg: Any, classes: list[str], weights: Any, device: str | None) -> Any:
+        import torch
+
+        from posisp_dist.tasks.detector import detector_from_state
+
+        state = torch.load(io.BytesIO(memoryview(weights)), map_location="cpu", weights_only=True)
+        return detector_from_state(cfg, classes, state, device, _model_class(segmenter))
+
+    return TaskKind(name, build=build, metrics=metrics, weights_path=weights_path, from_weights=from_weights,
+                    description=description)
+
+
+def _user_weights(cfg: Any, root: Path) -> Path:
+    return Path(str(cfg.weights))
+
+
+def _torchvision(cfg: Any, classes: list[str], path: str, device: str | None) -> Any:
+    from posisp_dist.tasks.adapters import TorchvisionDetector
+
+    return TorchvisionDetector.from_weights(path, classes, device=device)
+
+
+def _ultralytics(cfg: Any, classes: list[str], path: str, device: str | None) -> Any:
+    from posisp_dist.tasks.adapters import UltralyticsDetector
+
+    return UltralyticsDetector.from_weights(path, classes)
+
+
+def _adapter(name: str, make: Any, description: str) -> TaskKind:
+    return TaskKind(
+        name,
+        build=lambda cfg, root, progress, device: make(cfg, _classes(root), str(cfg.weights), device),
+        metrics=DETECTION_METRICS,
+        weights_path=_user_weights,
+        from_weights=lambda cfg, classes, weights, device: make(
+            cfg, classes, _scratch_file(weights, Path(str(cfg.weights)).suffix), device
+        ),
+        needs_weights=True,
+        description=description,
+    )
+
+
+def _brightness(cfg: Any, classes: list[str]) -> Any:
+    from posisp_dist.tasks.brightness import BrightnessTarget
+
+    return BrightnessTarget(classes, cfg.brightness_target)
+
+
+BUILTIN_KINDS = (
+    _builtin("builtin_detector", False, DETECTION_METRICS, "the built-in CenterNet-style detector"),
+    _builtin("builtin_segmenter", True, SEGMENTATION_METRICS, "the built-in instance segmenter (detector + masks)"),
+    _adapter("torchvision", _torchvision, "a torchvision detection model from user weights"),
+    _adapter("ultralytics", _ultralytics, "an ultralytics YOLO model from user weights"),
+    TaskKind(
+        "brightness_target",
+        build=lambda cfg, root, progress, device: _brightness(cfg, _classes(root)),
+        metrics=BRIGHTNESS_METRICS,
+        from_weights=lambda cfg, classes, weights, device: _brightness(cfg, classes),
+        description="known-answer task: hit a target mean luminance",
+    ),
+)
