@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -55,10 +57,22 @@ def checkpoint_rows(run_id: str, tracking_uri: str | None = None) -> list[dict[s
 
 
 def run(run_ids: list[str], tracking_uri: str | None = None) -> dict[str, Any]:
-    rows = [r for rid in run_ids for r in checkpoint_rows(rid, tracking_uri)]
-    maps = np.array([r["map"] for r in rows])
-    rho = {s: spearman(np.array([r[s] for r in rows]), maps) for s in SIGNALS}
-    return {"runs": run_ids, "rows": rows, "spearman_vs_val_map": rho, "n_checkpoints": len(rows)}
+    return summarise(run_ids, [r for rid in run_ids for r in checkpoint_rows(rid, tracking_uri)])
+
+
+def summarise(run_ids: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Spearman's rho of each signal's val mean with val mAP: across all the checkpoints, and within each run
+    (the harder test: a signal that rises while one run's mAP falls shows up there)."""
+
+    def rho(subset: list[dict[str, Any]]) -> dict[str, float]:
+        maps = np.array([r["map"] for r in subset])
+        return {s: spearman(np.array([r[s] for r in subset]), maps) for s in SIGNALS}
+
+    return {
+        "command": shlex.join(["python", "-m", "posisp_dist.benchmarks.signal", *sys.argv[1:]]),
+        "runs": run_ids, "rows": rows, "n_checkpoints": len(rows), "spearman_vs_val_map": rho(rows),
+        "spearman_within_run": {rid: rho([r for r in rows if r["run_id"] == rid]) for rid in run_ids},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
