@@ -96,3 +96,26 @@ def test_tiny_compare_produces_every_row_and_counts_compute(tiny_cfg, tiny_data,
     children = tracker.client.search_runs([tracker.experiment_id],
                                           f"tags.mlflow.parentRunId = '{payload['parent_run_id']}'")
     assert len(children) == len(METHODS)
+
+
+def test_budgeted_runs_show_progress_in_the_budgets_unit(tiny_cfg):
+    from posisp_dist.train.driver import _bar_position, _progress_bar
+    from posisp_dist.train.storage import DriverState
+
+    class Bar:  # what the driver asks of tqdm
+        def __init__(self, total, desc, disable, unit):
+            self.total, self.unit, self.n = total, unit, 0
+
+        def update(self, k):
+            self.n += k
+
+    state = DriverState(iteration=3, episodes=150, train_seconds=42.7)
+    for ccfg, total, unit, at in [
+        (CompareConfig(budget="images", images=100), 100, "img", 100),
+        (CompareConfig(budget="wall_clock", wall_clock_s=60), 60, "s", 42),
+    ]:
+        cfg = method_config(tiny_cfg, "sequence_ppo", 0, ccfg)
+        bar = _progress_bar(Bar, cfg, cfg.train.iterations, state, progress=False)
+        assert (bar.total, bar.unit, bar.n, _bar_position(cfg, state)) == (total, unit, at, at)
+    bar = _progress_bar(Bar, tiny_cfg, 7, state, progress=False)
+    assert (bar.total, bar.unit, bar.n) == (7, "it", 3)

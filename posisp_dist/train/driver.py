@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from posisp_dist.config import Config, flatten
+from posisp_dist.train.methods import method_name
 from posisp_dist.train.storage import (
     BEST_CKPT_TAG,
     Checkpoints,
@@ -102,7 +103,6 @@ def train(
     from tqdm.auto import tqdm
 
     from posisp_dist.train.endings import as_interrupted, signals_end_the_run
-    from posisp_dist.train.methods import method_name
     from posisp_dist.train.report import final_report
 
     if cfg is None and resume_run_id is None:
@@ -173,7 +173,7 @@ def _train_loop(
             state.events.append({"event": "resumed", "iteration": state.iteration, "time": time.time()})
             _log_events(tracker, state)
         first = state.iteration + 1
-        bar = tqdm(total=total, initial=state.iteration, desc="sequence PPO", disable=not progress, unit="it")
+        bar = _progress_bar(tqdm, cfg, total, state, progress)
         uploaded, val_core = None, None
         while state.iteration < total:
             t0 = time.perf_counter()
@@ -207,7 +207,7 @@ def _train_loop(
                 val_core = _select_on_val(cfg, tracker, local, ckpt, state, val_core)
             if state.iteration % cfg.train.checkpoint_every == 0 or last:
                 uploaded = upload_checkpoint(tracker, ckpt)
-            bar.update(1)
+            bar.update(_bar_position(cfg, state) - bar.n)
             bar.set_postfix(reward=f"{state.last_metrics.get('charts/episode_reward_mean', float('nan')):.3f}")
             if on_iteration is not None:
                 on_iteration(algo, state)
@@ -269,6 +269,29 @@ def _count(runners: dict[str, Any], key: str) -> int:
     except (TypeError, ValueError):
         return 0
     return int(value) if math.isfinite(value) else 0
+
+
+def _progress_bar(tqdm: Any, cfg: Config, total: int, state: DriverState, progress: bool) -> Any:
+    """Iterations, or the budget's own unit (training seconds, images) when a budget ends the run."""
+    t = cfg.train
+    if t.time_budget_s:
+        total, unit = int(t.time_budget_s), "s"
+    elif t.image_budget:
+        total, unit = t.image_budget, "img"
+    else:
+        unit = "it"
+    bar = tqdm(total=total, desc=method_name(cfg), disable=not progress, unit=unit)
+    bar.update(_bar_position(cfg, state))
+    return bar
+
+
+def _bar_position(cfg: Config, state: DriverState) -> int:
+    t = cfg.train
+    if t.time_budget_s:
+        return min(int(state.train_seconds), int(t.time_budget_s))
+    if t.image_budget:
+        return min(state.episodes, t.image_budget)
+    return state.iteration
 
 
 def _budget_spent(cfg: Config, state: DriverState) -> bool:
