@@ -7,6 +7,7 @@ import json
 import shlex
 import sys
 import time
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal
 
@@ -230,6 +231,7 @@ def metric_vs_compute_png(agg: list[dict], rows: list[dict], path: Path, primary
     ISP module runs."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(16, 4.6), layout="constrained")
     ax, by_images, by_runs = fig.subplots(1, 3)
@@ -247,14 +249,18 @@ def metric_vs_compute_png(agg: list[dict], rows: list[dict], path: Path, primary
         if not r.get("curve"):
             continue
         label = r["method"] if r["seed"] == min(q["seed"] for q in rows if q["method"] == r["method"]) else None
+        ys = [p["val"] for p in r["curve"]]
+        best = list(accumulate(ys, max if primary.get("higher_is_better", True) else min))
         for axis, key in ((by_images, "images"), (by_runs, "module_runs")):
-            xs, ys = [p[key] for p in r["curve"]], [p["val"] for p in r["curve"]]
-            axis.plot(xs, ys, marker=".", linewidth=1.2, color=colours[r["method"]], label=label, alpha=0.8)
+            xs = [p[key] for p in r["curve"]]
+            axis.plot(xs, ys, marker=".", linewidth=0.6, color=colours[r["method"]], alpha=0.25)
+            axis.step(xs, best, where="post", linewidth=1.6, color=colours[r["method"]], label=label)
     by_images.set_xlabel("training images")
     by_runs.set_xlabel("ISP module runs during training")
     by_runs.set_xscale("log")
+    by_runs.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
     for axis in (by_images, by_runs):
-        axis.set_ylabel(f"val {primary['label']} (greedy, at each selection point)")
+        axis.set_ylabel(f"val {primary['label']}: best so far (bold; kept by selection), each point (faint)")
         axis.legend(fontsize=7)
     for axis in (ax, by_images, by_runs):
         axis.grid(alpha=0.3)
