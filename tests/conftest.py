@@ -79,13 +79,20 @@ def ray_local():
     ray.shutdown()
 
 
+def with_task(section: dict, task: dict) -> dict:
+    """A task section with `task`'s fields set; a new `kind` keeps only the fields that kind's config has."""
+    from posisp_dist.config import task_fields
+
+    return {**task_fields(section, task.get("kind", section["kind"])), **task}
+
+
 def tiny_train_yaml(tiny_cfg: Config, tmp: Path, task: dict) -> tuple[Path, str]:
     """A two-iteration, in-process (no EnvRunner actor) training config of the tiny data with `task` fields
     replaced, val-scored every iteration -> (its YAML path, its MLflow URI)."""
     import yaml
 
     raw = tiny_cfg.model_dump(mode="json")
-    raw["task"].update(task)
+    raw["task"] = with_task(raw["task"], task)
     raw["env"].update(preview_size=16, num_envs_per_runner=16)
     raw["ppo"].update(train_batch_size=32, minibatch_size=32, num_epochs=1)
     raw["train"].update(iterations=2, num_env_runners=0, val_every=1, grid_images=2, out_dir=str(tmp / "runs"))

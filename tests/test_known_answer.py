@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from conftest import with_task
+
 from posisp_dist.config import Config
 
 
 def known_answer_cfg(tiny_cfg: Config, tmp_path, param_learning: str = "ppo") -> Config:
     raw = tiny_cfg.model_dump(mode="json")
     raw["policy"]["param_learning"] = param_learning
-    raw["task"]["kind"] = "brightness_target"
+    raw["task"] = with_task(raw["task"], {"kind": "brightness_target"})
     raw["isp"].update(modules=["exposure", "gamma", "desaturation", "contrast"], max_len=3)
     raw["env"].update(preview_size=16, num_envs_per_runner=32, brightness_penalty=False)
     raw["ppo"].update(lr=1e-3, train_batch_size=256, minibatch_size=128, num_epochs=6, kl_coef=0.0)

@@ -6,6 +6,7 @@ imports it first; eval rows, MLflow keys and val selection take the task's own m
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import numpy as np
@@ -70,12 +71,35 @@ def test_a_task_registered_in_a_test_file_trains_through_posisp_train(tiny_cfg, 
 
 
 def test_an_unknown_task_kind_names_the_registered_ones(tiny_cfg):
+    from conftest import with_task
+
     from posisp_dist.config import Config
+    from posisp_dist.tasks import load_task_model
 
     raw = tiny_cfg.model_dump(mode="json")
-    raw["task"]["kind"] = "segmentr"
+    raw["task"] = with_task(raw["task"], {"kind": "segmentr"})
     with pytest.raises(ValueError, match="unknown task kind 'segmentr'; registered: .*builtin_detector"):
         Config.model_validate(raw)
-    raw["task"].update(kind="toy", module="no_such_module_here")
+    # validating a plugin kind imports no user code: the module is imported where the model is built
+    raw["task"].update(kind="toy", module="no_such_module_here", options={"size": 3})
+    cfg = Config.model_validate(raw)
+    assert cfg.task.options == {"size": 3} and "no_such_module_here" not in sys.modules
     with pytest.raises(ValueError, match="task.module 'no_such_module_here' cannot be imported"):
+        load_task_model(cfg.task, tiny_cfg.data.root)
+
+
+def test_each_task_kind_owns_its_typed_fields(tiny_cfg):
+    from conftest import with_task
+
+    from posisp_dist.config import Config, UltralyticsTaskConfig
+
+    raw = tiny_cfg.model_dump(mode="json")
+    raw["task"] = with_task(raw["task"], {"kind": "ultralytics", "train": {"epochs": 2}})
+    cfg = Config.model_validate(raw)
+    assert isinstance(cfg.task, UltralyticsTaskConfig) and cfg.task.train.epochs == 2 and cfg.task.weights is None
+    raw["task"]["brightness_target"] = 0.5  # another kind's field is refused by name
+    with pytest.raises(ValueError, match="brightness_target"):
+        Config.model_validate(raw)
+    raw["task"] = with_task(raw["task"], {"kind": "torchvision"})
+    with pytest.raises(ValueError, match="weights"):  # torchvision needs the user's weights
         Config.model_validate(raw)

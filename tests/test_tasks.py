@@ -8,7 +8,7 @@ import torch
 
 from posisp_dist.baselines.table import render_reference
 from posisp_dist.data.shards import RawDataset
-from posisp_dist.tasks.adapters import TorchvisionDetector, UltralyticsDetector
+from posisp_dist.tasks.adapters import TorchvisionDetector
 from posisp_dist.tasks.base import TaskModel
 from posisp_dist.tasks.detector import detector_path, train_detector
 from posisp_dist.tasks.metrics import box_iou, coco_map, per_image_ap, prediction_score
@@ -84,27 +84,8 @@ class _FakeTorchvision(torch.nn.Module):
         ]
 
 
-class _FakeYOLO:
-    """Follows ultralytics' `model.predict(list[np.ndarray]) -> results[i].boxes.{xyxy,conf,cls}`."""
-
-    def __init__(self):
-        self.seen = []
-
-    def predict(self, images, verbose=False, conf=0.001):
-        self.seen = images
-        boxes = type(
-            "Boxes", (), {"xyxy": np.array([[0.0, 0.0, 10.0, 10.0]]), "conf": np.array([0.8]), "cls": np.array([1.0])}
-        )
-        return [type("Result", (), {"boxes": boxes}) for _ in images]
-
-
-@pytest.mark.parametrize("adapter", ["torchvision", "ultralytics"])
-def test_adapters_map_predictions_and_scores(adapter):
-    model = (
-        TorchvisionDetector(_FakeTorchvision(), ["a", "b"], device="cpu")
-        if adapter == "torchvision"
-        else UltralyticsDetector(_FakeYOLO(), ["a", "b"])
-    )
+def test_torchvision_adapter_maps_predictions_and_scores():
+    model = TorchvisionDetector(_FakeTorchvision(), ["a", "b"], device="cpu")
     images = np.zeros((2, 32, 32, 3), np.float32)
     dets = model.predict(images)
     assert dets[0]["labels"].tolist() == [1] and dets[0]["boxes"].shape == (1, 4)
@@ -113,9 +94,6 @@ def test_adapters_map_predictions_and_scores(adapter):
     np.testing.assert_allclose(model.score(images, hit), 0.8)
     np.testing.assert_allclose(model.score(images, miss), 0.0)
     assert model.evaluate(images, hit)["map50"] == pytest.approx(100.0)
-    assert isinstance(model, TaskModel)
-    if adapter == "ultralytics":
-        assert model.model.seen[0].dtype == np.uint8 and model.model.seen[0].shape == (32, 32, 3)
 
 
 def test_torchvision_from_weights_errors(tmp_path):

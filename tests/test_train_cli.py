@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import with_task
 from dng_writer import write_dng
 
 from posisp_dist.cli import main
@@ -28,7 +29,7 @@ def write_config(tiny_cfg, tmp: Path, **sections) -> tuple[Path, str]:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     raw["tracking"]["uri"] = uri
     for section, values in sections.items():
-        raw[section].update(values)
+        raw[section] = with_task(raw[section], values) if section == "task" else {**raw[section], **values}
     path = tmp / "cfg.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path, uri

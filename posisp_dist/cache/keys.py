@@ -10,6 +10,7 @@ module, renderer or score never reads a value computed by older code from a long
 from __future__ import annotations
 
 import hashlib
+import inspect
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,22 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+def source_fingerprint(obj: Any) -> str:
+    """Hash of the source file that defines `obj`'s class: a task model's code, a plugin's included (the package's
+    own sources are in `code_fingerprint` as well; a plugin's file is not)."""
+    try:
+        path = inspect.getsourcefile(type(obj))
+    except TypeError:  # a class defined in C or without a file
+        path = None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else "no-source"
+
+
 def task_fingerprint(task: Any) -> str | None:
-    """The task model's own fingerprint (weights + score settings), or None when it has none (no caching)."""
+    """The task model's own fingerprint (weights + score settings) and its code, or None when it has no
+    fingerprint (no caching)."""
     fn = getattr(task, "fingerprint", None)
-    return fn() if callable(fn) else None
+    own = fn() if callable(fn) else None
+    return None if own is None else f"{own}-{source_fingerprint(task)}"
 
 
 def reference_namespace(dataset_fingerprint: str, split: str, task: Any) -> str | None:

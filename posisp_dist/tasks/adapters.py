@@ -1,4 +1,4 @@
-"""Adapters for user-supplied detectors: torchvision detection models and ultralytics YOLO.
+"""Adapter for user-supplied torchvision detectors (ultralytics YOLO: `posisp_dist.tasks.yolo`).
 
 Neither library is a dependency: each is imported only when its adapter loads weights, and the adapters
 accept an already-built model so that anything following the library's calling convention plugs in.
@@ -83,29 +83,3 @@ class TorchvisionDetector(_DetectorAdapter):
         with torch.inference_mode():
             out = self.model(list(to_torch_nchw(images, self.device)))
         return [_as_detections(o["boxes"], o["scores"], o["labels"], self.label_offset) for o in out]
-
-
-class UltralyticsDetector(_DetectorAdapter):
-    """An ultralytics YOLO model (the paper's YOLOv3 setting): `model.predict(list[HWC uint8 RGB])`."""
-
-    def __init__(self, model: Any, classes: list[str]) -> None:
-        self.model, self.classes = model, list(classes)
-
-    @classmethod
-    def from_weights(cls, path: str, classes: list[str]) -> UltralyticsDetector:
-        try:
-            from ultralytics import YOLO
-        except ImportError:
-            raise ImportError(
-                "task.kind 'ultralytics' needs the ultralytics package: pip install ultralytics"
-            ) from None
-        return cls(YOLO(path), classes)
-
-    def predict(self, images: Any) -> Detections:
-        from posisp_dist.isp.xp import to_numpy
-
-        self.calls += 1
-        # ultralytics takes numpy HWC images as BGR (OpenCV convention): flip the channel order
-        batch = [np.ascontiguousarray((np.clip(im, 0, 1) * 255).astype(np.uint8)[..., ::-1]) for im in to_numpy(images)]
-        results = self.model.predict(batch, verbose=False, conf=0.001)
-        return [_as_detections(r.boxes.xyxy, r.boxes.conf, r.boxes.cls) for r in results]

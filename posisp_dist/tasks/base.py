@@ -95,6 +95,20 @@ class TaskModel(Protocol):
         """Dataset metrics, keyed by `metrics` (a detector: COCO mAP@.5:.95 'map' and mAP@.5 'map50', %)."""
         ...
 
+    def loss_and_score(self, images: Any, targets: Targets) -> tuple[Any, np.ndarray]:
+        """One forward pass of (B, 3, H, W) torch images in [0, 1] -> ((B,) loss differentiable in the images,
+        (B,) `score` of the same pass). Weights frozen, BatchNorm in eval; image i's loss depends on image i only."""
+        ...
+
+    @property
+    def device(self) -> Any:
+        """The torch device the model runs on (where `loss_and_score` wants its images)."""
+        ...
+
+    def fingerprint(self) -> str | None:
+        """A stable hash of everything that decides `score` (weights, settings); None: never cached."""
+        ...
+
 
 def require_differentiable(task: Any) -> None:
     """Raise naming the task model when it cannot serve the pathwise learner."""

@@ -31,6 +31,7 @@ class BrightnessTarget:
         if not 0.0 < target < 1.0:
             raise ValueError(f"brightness target must lie in (0, 1), got {target}")
         self.classes, self.target, self.scale, self.tolerance = list(classes), target, scale, tolerance
+        self.device = "cpu"  # its loss is arithmetic on whatever device the images are on
 
     def fingerprint(self) -> str:
         """Everything that changes `score` (the score cache's task key)."""

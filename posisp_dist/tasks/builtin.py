@@ -1,6 +1,7 @@
 """The built-in task kinds (`BUILTIN_KINDS`, registered by `posisp_dist.tasks.registry`): the CenterNet-style
-detector trained on the built-in scenes, the torchvision and ultralytics adapters around user weights, and the
-known-answer brightness task. Each builder imports its model only when called."""
+detector and segmenter trained on the built-in scenes, ultralytics YOLO and YOLO-seg (the user's weights, or
+trained here with ultralytics' trainer), the torchvision adapter around user weights, and the known-answer
+brightness task. Each builder imports its model only when called."""
 
 from __future__ import annotations
 
@@ -74,10 +75,48 @@ def _torchvision(cfg: Any, classes: list[str], path: str, device: str | None) ->
     return TorchvisionDetector.from_weights(path, classes, device=device)
 
 
-def _ultralytics(cfg: Any, classes: list[str], path: str, device: str | None) -> Any:
-    from posisp_dist.tasks.adapters import UltralyticsDetector
+def _yolo_class(cfg: Any) -> Any:
+    from posisp_dist.tasks.yolo import YoloDetector, YoloSegmenter
 
-    return UltralyticsDetector.from_weights(path, classes)
+    return YoloSegmenter if cfg.kind == "ultralytics_seg" else YoloDetector
+
+
+def _yolo(cfg: Any, classes: list[str], path: str | Path, device: str | None) -> Any:
+    return _yolo_class(cfg).from_file(
+        path, classes, signal=cfg.signal, loss_clip=cfg.loss_clip, detection_scale=cfg.detection_scale,
+        conf=cfg.score_threshold, iou=cfg.iou, max_det=cfg.max_det, imgsz=cfg.imgsz, batch_size=cfg.batch_size,
+        device=device,
+    )
+
+
+def _yolo_weights(cfg: Any, root: Path) -> Path:
+    """The user's checkpoint, or the one trained on the built-in renders (after `build`)."""
+    if cfg.weights:
+        return Path(str(cfg.weights))
+    from posisp_dist.tasks.yolo_train import yolo_weights_path
+
+    return yolo_weights_path(cfg, root)
+
+
+def _build_yolo(cfg: Any, root: Path, progress: bool, device: str | None) -> Any:
+    if cfg.weights:
+        return _yolo(cfg, _classes(root), str(cfg.weights), device)
+    from posisp_dist.tasks.yolo_train import train_yolo
+
+    return _yolo(cfg, _classes(root), train_yolo(cfg, root, progress), device)
+
+
+def _yolo_from_bytes(cfg: Any, classes: list[str], weights: Any, device: str | None) -> Any:
+    path = _scratch_file(weights, ".pt")
+    try:
+        return _yolo(cfg, classes, path, device)
+    finally:
+        os.unlink(path)
+
+
+def _ultralytics(name: str, metrics: Any, description: str) -> TaskKind:
+    return TaskKind(name, build=_build_yolo, metrics=metrics, weights_path=_yolo_weights,
+                    from_weights=_yolo_from_bytes, description=description)
 
 
 def _adapter(name: str, make: Any, description: str) -> TaskKind:
@@ -104,7 +143,9 @@ BUILTIN_KINDS = (
     _builtin("builtin_detector", False, DETECTION_METRICS, "the built-in CenterNet-style detector"),
     _builtin("builtin_segmenter", True, SEGMENTATION_METRICS, "the built-in instance segmenter (detector + masks)"),
     _adapter("torchvision", _torchvision, "a torchvision detection model from user weights"),
-    _adapter("ultralytics", _ultralytics, "an ultralytics YOLO model from user weights"),
+    _ultralytics("ultralytics", DETECTION_METRICS, "an ultralytics YOLO detector (user weights, or trained here)"),
+    _ultralytics("ultralytics_seg", SEGMENTATION_METRICS, "an ultralytics YOLO-seg model (user weights, or trained "
+                 "here)"),
     TaskKind(
         "brightness_target",
         build=lambda cfg, root, progress, device: _brightness(cfg, _classes(root)),

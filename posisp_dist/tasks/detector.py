@@ -14,7 +14,8 @@ from tqdm import tqdm
 from posisp_dist.data.shards import RawDataset, fingerprint
 from posisp_dist.tasks.base import DETECTION_METRICS, Detections, Targets, state_dict_hash, to_torch_nchw
 from posisp_dist.tasks.centernet import CenterNet, decode, encode_targets, per_image_loss
-from posisp_dist.tasks.metrics import coco_map, per_image_ap, prediction_score
+from posisp_dist.tasks.metrics import coco_map, per_image_ap
+from posisp_dist.tasks.signals import task_signal
 
 if TYPE_CHECKING:  # type hints only: the config module validates task kinds through the registry
     from posisp_dist.config import TaskConfig
@@ -123,13 +124,7 @@ class BuiltinDetector:
         return self._signal(*self._loss_and_detections(images, targets), targets)
 
     def _signal(self, loss: np.ndarray, dets: Detections, targets: Targets) -> np.ndarray:
-        neg_loss = -np.clip(loss, 0.0, self.loss_clip)
-        if self.signal == "loss":
-            return neg_loss
-        if self.signal == "ap":
-            return self.detection_scale * self.image_ap(dets, targets).astype(np.float64)
-        quality = self.detection_scale * prediction_score(dets, targets).astype(np.float64)
-        return quality if self.signal == "detection" else quality + neg_loss
+        return task_signal(self.signal, loss, dets, targets, self.loss_clip, self.detection_scale, self.image_ap)
 
     @torch.inference_mode()
     def predict(self, images: Any) -> Detections:
