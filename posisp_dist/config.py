@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
@@ -224,16 +224,14 @@ BUILTIN_TASK_CONFIGS: dict[str, type[_TaskBase]] = {
 
 def _task_tag(value: Any) -> str:
     kind = value.get("kind", "builtin_detector") if isinstance(value, dict) else getattr(value, "kind", None)
-    cls = BUILTIN_TASK_CONFIGS.get(kind)
-    return cls.__name__ if cls else PluginTaskConfig.__name__
+    return kind if kind in BUILTIN_TASK_CONFIGS else "plugin"
 
 
+# tagged by kind, so that an error reads `task.ultralytics.train.epochs`
 TaskConfig = Annotated[
-    Annotated[BuiltinTaskConfig, Tag("BuiltinTaskConfig")]
-    | Annotated[UltralyticsTaskConfig, Tag("UltralyticsTaskConfig")]
-    | Annotated[TorchvisionTaskConfig, Tag("TorchvisionTaskConfig")]
-    | Annotated[BrightnessTaskConfig, Tag("BrightnessTaskConfig")]
-    | Annotated[PluginTaskConfig, Tag("PluginTaskConfig")],
+    Union[  # noqa: UP007 (a union built from the table needs the subscript form)
+        tuple(Annotated[cls, Tag(kind)] for kind, cls in {**BUILTIN_TASK_CONFIGS, "plugin": PluginTaskConfig}.items())
+    ],
     Discriminator(_task_tag),
 ]
 """The frozen downstream task model: one typed config per kind, chosen by `kind` (a union discriminated by it;

@@ -7,7 +7,6 @@ bar needs parameters conditioned on the image. About 30 s on 2 CPU cores; seeds 
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import with_task
 
 from posisp_dist.config import Config

@@ -27,6 +27,7 @@ def test_every_config_builds_its_ppo_config(path):
     assert algo.clip_param == cfg.ppo.clip_coef and algo.lambda_ == cfg.ppo.gae_lambda
     assert algo.num_env_runners == cfg.train.num_env_runners
     assert algo.num_envs_per_env_runner == cfg.env.num_envs_per_runner
+    assert algo.sample_timeout_s >= 600  # a slow round on a busy machine is waited for, not dropped as empty
     steps = 1 if cfg.env.kind == "stepwise" else cfg.isp.max_len  # step-wise: one module per action
     assert algo.action_space["modules"].nvec.tolist() == [len(cfg.isp.modules) + 1] * steps
 

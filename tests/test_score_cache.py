@@ -284,3 +284,18 @@ def test_the_dev_extra_brings_a_redis_server_without_one_on_path(tmp_path, monke
         assert redis.Redis.from_url(server.url).ping()
     finally:
         server.kill()
+
+
+def test_a_task_models_code_is_part_of_its_cache_key(tmp_path, monkeypatch):
+    """Two plugin task models with the same weights and settings but different code never share cached scores."""
+    import importlib
+
+    from posisp_dist.cache.keys import task_fingerprint
+
+    body = "class Task:\n    def fingerprint(self):\n        return 'same-weights'\n"
+    for name, score in (("plugin_a", "0.0"), ("plugin_b", "1.0")):
+        (tmp_path / f"{name}.py").write_text(body + f"# scores {score}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    a, b = (importlib.import_module(n).Task() for n in ("plugin_a", "plugin_b"))
+    assert a.fingerprint() == b.fingerprint() and task_fingerprint(a) != task_fingerprint(b)
+    assert task_fingerprint(a) == task_fingerprint(importlib.import_module("plugin_a").Task())

@@ -27,14 +27,17 @@ TINY = {"model": "yolov8n", "scale": [0.33, 0.0625, 256], "epochs": 2, "imgsz": 
         "close_mosaic": 1}
 
 
-def random_model(segment: bool, tmp: Path, seed: int = 0) -> torch.nn.Module:
+def random_model(segment: bool, tmp: Path, seed: int = 0, family: str = "yolov8n") -> torch.nn.Module:
     """A random-initialised tiny YOLO(-seg) with random BatchNorm statistics (so eval-mode BN is not identity)."""
     ultralytics()
     from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 
     torch.manual_seed(seed)
     cls = SegmentationModel if segment else DetectionModel
-    model = cls(str(model_yaml(TINY, segment, len(CLASSES), tmp / f"arch-{segment}.yaml")), nc=4, verbose=False)
+    folder = tmp / f"{family}-{'seg' if segment else 'det'}"  # the file's stem must not name a scale (n, s, ...)
+    folder.mkdir(exist_ok=True)
+    arch = model_yaml({**TINY, "model": family}, segment, len(CLASSES), folder / "posisp-yolo.yaml")
+    model = cls(str(arch), nc=4, verbose=False)
     model.names = dict(enumerate(CLASSES))
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):  # variance-keeping init: torch's default fades the input out in depth
@@ -142,6 +145,21 @@ def test_score_equals_the_score_of_loss_and_score(adapter, val, signal):
     np.testing.assert_allclose(model.score(x, targets), score, rtol=1e-5, atol=1e-6)
     if signal == "loss":
         np.testing.assert_allclose(score, -np.clip(loss.detach().numpy(), 0, model.loss_clip), rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["yolov3-tiny", "yolo11n", "yolo26n"])
+def test_other_yolo_families_give_a_per_image_loss_with_pixel_gradients(family, val, tmp_path):
+    """YOLOv3 (the paper's detector), YOLO11 and the end-to-end YOLO26 through the same contract."""
+    model = YoloDetector(random_model(False, tmp_path, family=family), CLASSES, imgsz=64, device="cpu", conf=0.001)
+    x, targets = images_and_targets(val, 3)
+    images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    loss, score = model.loss_and_score(images, targets)
+    (grad,) = torch.autograd.grad(loss.sum(), images)
+    assert loss.shape == (3,) and torch.isfinite(loss).all() and grad.abs().sum() > 0 and score.shape == (3,)
+    with torch.no_grad():
+        alone = model.loss_and_score(images[2:3].detach(), targets[2:3])[0]
+    torch.testing.assert_close(alone[0], loss[2].detach(), rtol=1e-5, atol=1e-5)
+    assert len(model.predict(x)) == 3
 
 
 def test_letterbox_reproduces_ultralytics_geometry_and_pixels():
@@ -310,3 +328,29 @@ def test_two_iterations_of_posisp_train_in_two_env_runners_then_eval_and_apply(t
     assert main(["apply", "--run", summary["run_id"], str(npz), "-o", str(tmp_path / "out"), "--tracking-uri",
                  uri]) == 0
     assert (tmp_path / "out" / "shot.png").is_file()
+
+
+def test_training_is_deterministic_and_a_users_checkpoint_loads_unchanged(trained, tiny_data, tmp_path):
+    """Retrained from scratch in another cache: the same weights (ultralytics' trainer, seeded and deterministic);
+    the trained file given as the user's `weights` is the same model."""
+    from posisp_dist.tasks import task_weights_path
+
+    cfg, model = trained
+    fresh = cfg.task.model_copy(update={"cache_dir": str(tmp_path / "models")})
+    again = load_task_model(fresh, tiny_data, progress=False, device="cpu")
+    assert task_weights_path(fresh, tiny_data) != task_weights_path(cfg.task, tiny_data)
+    assert again.fingerprint() == model.fingerprint()
+    users = cfg.task.model_copy(update={"weights": str(task_weights_path(cfg.task, tiny_data)),
+                                        "cache_dir": str(tmp_path / "unused")})
+    assert load_task_model(users, tiny_data, progress=False, device="cpu").fingerprint() == model.fingerprint()
+    assert not (tmp_path / "unused").exists()  # a user's checkpoint is used as it is: nothing trained or cached
+
+
+def test_a_checkpoint_of_another_task_is_refused_by_name(trained, tiny_data):
+    from posisp_dist.tasks import task_weights_path
+
+    cfg, _ = trained
+    other = "ultralytics" if cfg.task.kind == "ultralytics_seg" else "ultralytics_seg"
+    wrong = cfg.task.model_copy(update={"kind": other, "weights": str(task_weights_path(cfg.task, tiny_data))})
+    with pytest.raises(ValueError, match="holds an ultralytics .* model; task.kind"):
+        load_task_model(wrong, tiny_data, progress=False, device="cpu")

@@ -123,8 +123,10 @@ def model_yaml(train: dict[str, Any], segment: bool, nc: int, out: Path) -> Path
     from ultralytics.nn.tasks import yaml_model_load
 
     spec = yaml_model_load(f"{train['model']}{'-seg' if segment else ''}.yaml")
-    scale = list(train["scale"]) if train.get("scale") else spec["scales"][spec["scale"]]
-    spec.update(nc=nc, scales={"posisp": scale})  # the one scale; a file stem without n/s/m/l/x selects it
+    spec["nc"] = nc
+    scale = train.get("scale") or (spec["scales"][spec["scale"]] if spec.get("scales") else None)
+    if scale:  # the one scale; a file stem without n/s/m/l/x selects it
+        spec["scales"] = {"posisp": list(scale)}
     for key in ("scale", "yaml_file"):
         spec.pop(key, None)
     out.write_text(json.dumps(spec))

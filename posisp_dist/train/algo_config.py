@@ -16,6 +16,9 @@ from posisp_dist.train.callbacks import ISPCallbacks
 from posisp_dist.train.pathwise import PathwisePPOLearner, learner_connector
 
 
+SAMPLE_TIMEOUT_S = 3600.0  # one sampling round may take this long before RLlib gives up on it
+
+
 def env_config(cfg: Config, split: str = "train", shipment: Shipment | None = None) -> dict[str, Any]:
     """What each EnvRunner receives: the whole (resolved) config as JSON-able data, and with
     `data.transport: object_store` the object-store handles of the shards and task weights."""
@@ -58,6 +61,9 @@ def build_algo_config(cfg: Config, shipment: Shipment | None = None) -> PPOConfi
             num_gpus_per_env_runner=train.num_gpus_per_env_runner,
             custom_resources_per_env_runner=dict(train.env_runner_resources),  # placement on chosen nodes
             rollout_fragment_length="auto",
+            # wait for every EnvRunner's round: RLlib's default (60 s) returns an empty batch from a slow round on
+            # a busy machine, which wastes the iteration and makes training depend on the machine's load
+            sample_timeout_s=SAMPLE_TIMEOUT_S,
         )
         .learners(
             num_learners=0,
