@@ -14,6 +14,16 @@ def test_each_seed_regenerates_the_data_and_the_task_model():
     assert (a.seed, a.task.train.seed, b.seed, b.task.train.seed) == (0, 0, 2, 2)
     ppo = seed_config(REPO / "configs" / "quick.yaml", 1, {"policy.param_learning": "ppo"})
     assert ppo.policy.param_learning == "ppo" and ppo.seed == 1
+    yolo = seed_config(REPO / "configs" / "quick-yolo.yaml", 2)
+    assert (yolo.seed, yolo.task.kind, yolo.task.train.seed) == (2, "ultralytics", 2)
+
+
+def test_a_task_model_from_user_weights_keeps_its_weights_over_seeds(tmp_path):
+    """torchvision has no `train` section: the seed changes the data, the user's weights stay."""
+    cfg = tmp_path / "tv.yaml"
+    cfg.write_text("task: {kind: torchvision, weights: model.pt}\n")
+    one = seed_config(cfg, 3)
+    assert one.seed == 3 and one.task.weights == "model.pt" and not hasattr(one.task, "train")
 
 
 def test_aggregate_is_mean_and_population_std_over_the_seeds_that_have_the_row():

@@ -64,7 +64,8 @@ def method_config(base: Config, method: str, seed: int, ccfg: CompareConfig) -> 
     for section, fields in METHODS[method].overrides().items():
         raw[section].update(fields)
     raw["seed"] = seed
-    raw["task"]["train"]["seed"] = seed  # each seed regenerates the data and retrains the task model
+    if "train" in raw["task"]:  # each seed regenerates the data and retrains the task model (if trained here)
+        raw["task"]["train"]["seed"] = seed
     budget = {"time_budget_s": ccfg.wall_clock_s, "image_budget": None}
     if ccfg.budget == "images":
         budget = {"time_budget_s": None, "image_budget": ccfg.images}

@@ -24,9 +24,13 @@ from posisp_dist.config import Config, load_config
 
 
 def seed_config(path: str | Path, seed: int, overrides: dict[str, Any] | None = None) -> Config:
-    """The config for one seed: the experiment seed and the task model's training seed both follow it, so
-    the data (its fingerprint includes the seed) and the detector are made anew."""
-    return load_config(path, {**(overrides or {}), "seed": seed, "task.train.seed": seed})
+    """The config for one seed: the experiment seed and the task model's training seed (for kinds trained here)
+    both follow it, so the data (its fingerprint includes the seed) and the task model are made anew."""
+    base = {**(overrides or {}), "seed": seed}
+    cfg = load_config(path, base)
+    if "train" not in type(cfg.task).model_fields:  # a task model from the user's weights: nothing to retrain
+        return cfg
+    return load_config(path, {**base, "task.train.seed": seed})
 
 
 def _learned_row(cfg: Config, progress: bool) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
