@@ -18,6 +18,27 @@ from posisp_dist.paths import ephemeral_home_warning
 from posisp_dist.train.tracking import TrackingError
 
 
+def _check_json_path(path: str | None) -> None:
+    """Refuse, before any work, a --json path that cannot be written (a folder, or under a file)."""
+    if not path:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--json {p} is a folder; give a file name")
+    for parent in (p.parent, *p.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--json {p} cannot be written: {parent} is a file, not a folder")
+            return
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
 def _write_json(path: str | None, payload: Any) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +216,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from posisp_dist.baselines.table import format_table
     from posisp_dist.train.evaluate import evaluate_run
 
-    payload = evaluate_run(args.run, args.split, args.tracking_uri, progress=not args.quiet)
+    payload = evaluate_run(args.run, args.split, args.tracking_uri, progress=not args.quiet,
+                           rebuild_data=args.rebuild_data)
     print(format_table(payload["rows"], payload["metrics"]))
     _write_json(args.json, payload)
     return 0
@@ -313,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train sequence-level PPO on Ray, tracked in MLflow")
     tr.add_argument("--config", help="experiment YAML (e.g. configs/quick.yaml)")
     tr.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint")
-    tr.add_argument("--iterations", type=int, help="override train.iterations (total, including resumed ones)")
+    tr.add_argument("--iterations", type=_positive_int,
+                    help="override train.iterations (total, including resumed ones)")
     tr.add_argument(
         "--set",
         action="append",
@@ -335,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
     ev.add_argument("--tracking-uri")
     ev.add_argument("--json", help="write the rows and per-image pipelines to this JSON file")
+    ev.add_argument("--rebuild-data", action="store_true",
+                    help="regenerate the run's built-in data under data.root when another dataset is there")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(fn=cmd_eval)
 
@@ -396,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_json_path(getattr(args, "json", None))  # found now, not after the work it would record
         return int(args.fn(args))
     except (ConfigError, FileNotFoundError, ValueError, KeyError, TrackingError, ConnectionError) as e:
         print(f"posisp: error: {e}", file=sys.stderr)

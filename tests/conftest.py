@@ -73,8 +73,10 @@ def ray_local():
     """One local Ray instance (2 CPUs) shared by every test that trains."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from posisp_dist.train.ray_local import local_ray_kwargs
+
+    if not ray.is_initialized():  # loopback only, as the product's own local Ray
+        ray.init(num_cpus=2, log_to_driver=False, **local_ray_kwargs())
     yield ray
     ray.shutdown()
 

@@ -155,3 +155,19 @@ def test_data_config_rejects_bad_values():
         DataConfig(classes=("disc", "dragon"))
     with pytest.raises(ValueError, match="exposure_ratio"):
         LowLightConfig(exposure_ratio=(8.0, 2.0))
+
+
+def test_a_format_1_shard_names_the_rebuild_with_force(tmp_path, tiny_cfg):
+    """Shards written before the instance-mask column: the error says how to replace them (--force)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cfg = tiny_cfg.data.model_copy(update={"root": str(tmp_path / "c"), "n_train": 2, "n_val": 1, "n_test": 1})
+    build_dataset(cfg, progress=False)
+    ds = RawDataset(tmp_path / "c", "train")
+    table = pq.read_table(ds.shard_paths[0])
+    old = table.set_column(table.schema.get_field_index("instances"), "instances",
+                           pa.array([None] * len(table), pa.binary()))
+    pq.write_table(old, ds.shard_paths[0])
+    with pytest.raises(ValueError, match=r"rebuild it with `posisp data build --force`.*`posisp data ingest --force`"):
+        ds.read_shard(0)

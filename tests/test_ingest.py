@@ -246,3 +246,61 @@ def test_train_two_iterations_on_ingested_data_with_the_builtin_detector(ingeste
     trained = detector_path(cfg.task, RawDataset(ingested["root"], "train"))  # keyed by the ingested data
     assert trained.exists() and json.loads(trained.with_suffix(".json").read_text())["classes"] == CLASSES
     assert json.loads((ingested["root"] / "manifest.json").read_text())["source"] == "ingested"  # not rebuilt
+
+
+def _digest(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_forced_ingest_keeps_the_previous_dataset_whole(ingested, tmp_path, capsys):
+    """`--force` with a test list whose only name is unknown fails after train and val were read: the dataset
+    that was there stays byte for byte, and no partial root or sibling is left."""
+    import shutil
+
+    tmp, names = ingested["tmp"], sorted(ingested["good"])
+    root = tmp_path / "data"
+    shutil.copytree(ingested["root"], root)
+    before = _digest(root)
+    lists = {"train": names[:4], "val": names[4:6], "test": ["ghost.dng"]}
+    args = []
+    for split, items in lists.items():
+        (tmp_path / f"{split}.txt").write_text("\n".join(items) + "\n")
+        args += ["--split", f"{split}={tmp_path / f'{split}.txt'}"]
+    capsys.readouterr()
+    assert main(ingest_args(tmp, root, *args, "--force")) == 2
+    assert "no images left in split(s) test" in capsys.readouterr().err
+    assert _digest(root) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "test.txt", "train.txt", "val.txt"]
+    fresh = tmp_path / "new"  # the same failure on a new root leaves no root at all
+    assert main(ingest_args(tmp, fresh, *args)) == 2 and not fresh.exists()
+    assert main(ingest_args(tmp, root, "--force", "--fractions", "0.5", "0.25", "0.25")) == 0  # and it replaces
+    assert _digest(root) != before
+
+
+def test_verify_reports_a_raw_that_became_a_folder(ingested, tmp_path, capsys):
+    raw = tmp_path / "raw"
+    shutil.copytree(ingested["tmp"] / "raw", raw)
+    victim = ingested["manifest"]["splits"]["train"][0]["file"]
+    (raw / victim).unlink()
+    (raw / victim).mkdir()
+    capsys.readouterr()
+    assert main(["data", "verify", "--root", str(ingested["root"]), "--raw", str(raw)]) == 1
+    out = capsys.readouterr()
+    assert f"{victim} in {raw} is no longer a file" in out.out + out.err and "Traceback" not in out.err
+
+
+def test_boxes_outside_the_frame_or_not_finite_skip_the_file_by_name():
+    from posisp_dist.data.ingest import Annotation, SkipFile, _check_boxes
+
+    inside = Annotation(["car"], np.array([[10, 10, 20, 20]], np.float32), None, "coco.json")
+    _check_boxes(inside, (64, 48))
+    outside = Annotation(["car", "car"], np.array([[10, 10, 20, 20], [70, 5, 90, 30]], np.float32), None, "x.xml")
+    with pytest.raises(SkipFile, match="1 box.es. lie wholly outside the 64x48 frame .x.xml."):
+        _check_boxes(outside, (64, 48))
+    framed = Annotation(["car"], np.array([[100, 10, 120, 20]], np.float32), (128, 96), "x.xml")
+    _check_boxes(framed, (64, 48))  # inside its own (larger) annotation frame
+    with pytest.raises(SkipFile, match="non-finite box coordinates"):
+        _check_boxes(Annotation(["car"], np.array([[0, 0, np.inf, 4]], np.float32), None, "v.xml"), (64, 48))

@@ -18,23 +18,34 @@ from posisp_dist.train.ray_local import QUIET_NOTICES, quiet_ray_notices
 
 REPO = Path(__file__).resolve().parents[1]
 
+def ray_listeners(session: str) -> list[tuple[str, str]]:
+    """(address, command) of every listening socket of the Ray session's processes and of this process."""
+    import re
+
+    found = []
+    for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
+        cols = line.split()
+        for pid in re.findall(r"pid=(\d+)", " ".join(cols[5:])):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if session in cmd or int(pid) == os.getpid():
+                found.append((cols[3], cmd[:80]))
+    return found
+
+
+def beyond_loopback(found: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(a, c) for a, c in found if not a.rsplit(":", 1)[0].strip("[]").endswith("127.0.0.1")]
+
+
 PROBE = r"""
-import json, os, re, subprocess
+import json
 from posisp_dist.train.ray_local import init_ray
+from test_ray_local import ray_listeners
 import ray
 assert init_ray(None)
-session = ray._private.worker._global_node.get_session_dir_path()
-found = []
-for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
-    cols = line.split()
-    for pid in re.findall(r"pid=(\d+)", " ".join(cols[5:])):
-        try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if session in cmd or int(pid) == os.getpid():
-            found.append([cols[3], cmd[:80]])
-print("POSISP-LISTEN", json.dumps(found))
+print("POSISP-LISTEN", json.dumps(ray_listeners(ray._private.worker._global_node.get_session_dir_path())))
 ray.shutdown()
 """
 
@@ -43,6 +54,7 @@ ray.shutdown()
 def test_a_local_ray_listens_on_loopback_only_and_prints_no_token_notice():
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     env["RAY_TMPDIR"] = tmp = tempfile.mkdtemp(prefix="pxl", dir="/tmp")  # short: Ray's socket paths must fit
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     try:
         out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, cwd=REPO,
                              timeout=240)
@@ -52,7 +64,7 @@ def test_a_local_ray_listens_on_loopback_only_and_prints_no_token_notice():
     line = next(x for x in out.stdout.splitlines() if x.startswith("POSISP-LISTEN "))
     listeners = json.loads(line.split(" ", 1)[1])
     assert len(listeners) >= 3  # GCS, raylet, the driver's own core worker at least
-    exposed = [(addr, cmd) for addr, cmd in listeners if not addr.rsplit(":", 1)[0].strip("[]").endswith("127.0.0.1")]
+    exposed = beyond_loopback([tuple(x) for x in listeners])
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert "Token authentication is enabled" not in out.stderr
 
@@ -76,3 +88,11 @@ def test_rays_unactionable_notices_are_dropped_and_other_records_pass(name, star
         log.removeHandler(grab)
         log.setLevel(level)
     assert seen == ["a warning that matters"]
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to list listening sockets")
+def test_the_test_suites_own_ray_fixture_listens_on_loopback_only(ray_local):
+    found = ray_listeners(ray_local._private.worker._global_node.get_session_dir_path())
+    assert len(found) >= 3  # GCS, raylet, this process's core worker at least
+    exposed = beyond_loopback(found)
+    assert not exposed, f"the suite's Ray listens beyond loopback: {exposed}"

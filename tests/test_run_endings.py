@@ -19,9 +19,11 @@ from posisp_dist.train.endings import data_error_of
 from posisp_dist.train.tracking import END_REASON_TAG, Tracker
 
 
-def test_a_corrupt_shard_in_an_env_runner_fails_the_run_naming_the_file_and_keeps_checkpoints(
+def test_a_corrupt_shard_fails_the_run_naming_the_file_before_any_env_runner_and_keeps_checkpoints(
     tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path
 ):
+    """The driver reads every shard before Ray starts: the bad file is named in one line, with no EnvRunner
+    traceback or Ray error blocks before it (EnvRunners that meet one later go through `data_error_of`)."""
     from posisp_dist.train.driver import train
 
     root = tmp_path / "data"

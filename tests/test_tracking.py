@@ -232,3 +232,48 @@ def test_read_only_sqlite_stores_fail_fast_in_one_line(tmp_path):
     errors = [line for line in out.stderr.splitlines() if line.startswith("posisp: error:")]
     assert len(errors) == 2 and "cannot be created" in errors[0] and "read-only" in errors[1]
     assert "Traceback" not in out.stderr
+
+
+def test_a_full_artifact_store_still_ends_the_run_failed_with_a_one_line_warning(tracker, capsys, monkeypatch):
+    """The terminal state is set first; error.txt that cannot be uploaded (no space left) costs a warning only."""
+    tracker.start("full")
+    run_id = tracker.run_id
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tracker.client, "log_text", no_space)
+    with pytest.raises(RuntimeError, match="boom"), tracker:
+        raise RuntimeError("boom")
+    run = tracker.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: boom"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ended FAILED" in err[0] and "error.txt" in err[0] and "No space left" in err[0]
+
+
+def test_a_run_resumed_to_finished_drops_its_stale_error_tag(tracker):
+    tracker.start("stale")
+    run_id = tracker.run_id
+    tracker.end("FAILED", RuntimeError("first attempt"))
+    assert tracker.get_run(run_id).data.tags["error"] == "RuntimeError: first attempt"
+    tracker.start(resume_run_id=run_id)
+    tracker.end("FINISHED")
+    run = tracker.get_run(run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    assert run.data.tags["posisp.end_reason"] == "finished"
+
+
+def test_first_commands_racing_on_a_new_store_all_succeed(tmp_path):
+    """Three processes open the same new sqlite store at once: one creates its tables, the others wait for it."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    code = ("import sys\nfrom posisp_dist.train.tracking import Tracker\n"
+            f"t = Tracker({uri!r}, 'race-' + sys.argv[1])\nt.start('r')\nt.end()\nprint('ok')\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-500:] for _, err in outs]
+    assert all(out.strip() == "ok" for out, _ in outs)
+    assert len(Tracker(uri, "race-0").client.search_experiments()) >= 3

@@ -88,6 +88,38 @@ def test_the_checkpoint_with_the_best_val_map_is_kept_and_used_for_eval(trained)
     assert read_state(fetch_run(run_id, trained["uri"])[1]).iteration == best_iteration
 
 
+def test_a_second_driver_is_refused_while_another_holds_the_run_then_takes_over_after_a_crash(trained, capsys):
+    """A live driver (here a process holding the run's lease) makes `--resume` refuse by name, touching nothing;
+    once that process dies by SIGKILL the lease is free again (the next test resumes the run)."""
+    import subprocess
+    import sys
+
+    tracker, run_id = trained["tracker"], trained["run_id"]
+    run_dir = trained["tmp"] / "runs" / run_id
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom posisp_dist.train.lease import run_lease\n"
+        f"with run_lease({str(run_dir)!r}, {run_id!r}):\n    print('held', flush=True)\n    time.sleep(600)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # blocks until the lease is taken (or the child died)
+        history = tracker.history("charts/iteration", run_id)
+        capsys.readouterr()
+        assert main(["train", "--resume", run_id, "--iterations", str(ITERS + 2), "--tracking-uri", trained["uri"],
+                     "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"run {run_id} is being trained by another driver (pid {holder.pid} on" in err
+        assert len(err.strip().splitlines()) == 1
+        assert tracker.get_run(run_id).info.status == "FINISHED"
+        assert tracker.history("charts/iteration", run_id) == history  # nothing logged by the refused driver
+    finally:
+        holder.kill()  # SIGKILL: no cleanup ran, the OS released the lock
+        holder.wait(timeout=60)
+    from posisp_dist.train.lease import run_lease
+
+    with run_lease(run_dir, run_id):  # the dead holder's lock went with its process: the run is takeable
+        pass
+
+
 def test_resume_continues_the_same_run_without_losing_or_repeating_iterations(trained):
     tracker, run_id = trained["tracker"], trained["run_id"]
     code = main(["train", "--resume", run_id, "--iterations", str(ITERS + 2), "--tracking-uri", trained["uri"],
@@ -165,3 +197,67 @@ def test_stepwise_ppo_trains_and_evaluates_through_the_same_stack(tiny_cfg, tiny
     lengths = [v for _, v in tracker.history("isp/task_calls", summary["run_id"])]
     assert all(v >= BATCH / 16 for v in lengths)  # one task batch per vector step, several steps per episode
     assert summary["task_backward_images"] == summary["task_images"] > 0  # every scored step backpropagated
+
+
+def test_eval_refuses_data_the_run_never_saw_and_rebuilds_it_on_request(tiny_cfg, tiny_data, ray_local, tmp_path,
+                                                                        capsys):
+    """As after `posisp seeds`: the run's data.root is rebuilt with another seed. `posisp eval` of the run refuses
+    by name; with --rebuild-data it regenerates the run's own data and reports on it."""
+    import shutil
+
+    from posisp_dist.config import Config
+    from posisp_dist.data.build import build_dataset
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    path, uri = write_config(tiny_cfg, tmp_path, data={"root": str(root)})
+    assert main(["train", "--config", str(path), "--json", str(tmp_path / "s.json"), "--quiet"]) == 0
+    run_id = json.loads((tmp_path / "s.json").read_text())["run_id"]
+    tags = Tracker(uri, "posisp").get_run(run_id).data.tags
+    assert tags["posisp.data_fingerprint"] == json.loads((root / "manifest.json").read_text())["fingerprint"]
+    assert tags["posisp.task_fingerprint"] not in ("", "None")
+    args = ["eval", "--run", run_id, "--split", "val", "--tracking-uri", uri, "--quiet"]
+    assert main([*args, "--json", str(tmp_path / "before.json")]) == 0
+    other = Config.model_validate({**yaml.safe_load(path.read_text()), "seed": 1}).data
+    build_dataset(other, seed=1, progress=False)  # what `posisp seeds` leaves behind
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"run {run_id} trained on data {tags['posisp.data_fingerprint']}" in err and "--rebuild-data" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["train", "--resume", run_id, "--iterations", str(ITERS + 1), "--tracking-uri", uri, "--quiet"]) == 2
+    assert "trained on data" in capsys.readouterr().err  # nor is a resume trained on other data,
+    assert Tracker(uri, "posisp").get_run(run_id).info.status == "FINISHED"  # and the refusal touched nothing
+    assert main([*args, "--rebuild-data", "--json", str(tmp_path / "after.json")]) == 0
+    before, after = (json.loads((tmp_path / f"{n}.json").read_text())["rows"] for n in ("before", "after"))
+    assert [r["map"] for r in after] == [r["map"] for r in before]
+
+
+def test_resuming_without_local_checkpoints_reports_the_kept_best(tiny_cfg, tiny_data, ray_local, tmp_path):
+    """Local checkpoints deleted (another machine, a cleaned disk): the resumed run's summary names the best-on-val
+    checkpoint it fetched back from the run, the one `best_val_iteration` says it kept."""
+    from posisp_dist.train.storage import read_state
+
+    path, uri = write_config(tiny_cfg, tmp_path)
+    assert main(["train", "--config", str(path), "--json", str(tmp_path / "a.json"), "--quiet"]) == 0
+    first = json.loads((tmp_path / "a.json").read_text())
+    shutil.rmtree(tmp_path / "runs" / first["run_id"] / "checkpoints")
+    assert main(["train", "--resume", first["run_id"], "--iterations", str(ITERS), "--tracking-uri", uri, "--quiet",
+                 "--json", str(tmp_path / "b.json")]) == 0
+    again = json.loads((tmp_path / "b.json").read_text())
+    assert again["best_val_iteration"] == first["best_val_iteration"]
+    assert read_state(Path(again["checkpoint"])).iteration == again["best_val_iteration"]
+
+
+def test_eval_on_a_read_only_store_prints_its_table_and_warns_once(trained, capsys, monkeypatch):
+    """(As root nothing is read-only: the store's own check is made to report it.)"""
+    from posisp_dist.train import tracking
+
+    monkeypatch.setattr(tracking, "_check_sqlite_store", lambda db, uri: f"MLflow store {uri} is read-only (test)")
+    capsys.readouterr()
+    assert main(["eval", "--run", trained["run_id"], "--split", "val", "--tracking-uri", trained["uri"],
+                 "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert "sequence_ppo" in out.out and "camera_isp" in out.out  # the table is printed
+    err = out.err.strip().splitlines()
+    assert len(err) == 1 and "were not logged" in err[0] and "read-only (test)" in err[0]

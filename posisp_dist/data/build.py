@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from tqdm import tqdm
 from posisp_dist.config import DataConfig
 from posisp_dist.data.scenes import make_scene
 from posisp_dist.data.shards import SPLITS, RawBatch, fingerprint, write_split
+from posisp_dist.data.staging import check_replaceable, staged_root
 from posisp_dist.data.unprocess import capture_low_light, unprocess
 
 DATA_FORMAT_VERSION = 2  # bump when the generator changes, so cached datasets are rebuilt (2: instance masks)
@@ -50,24 +50,45 @@ def make_capture(cfg: DataConfig, seed: int, split_id: int, index: int) -> tuple
 
 
 def build_dataset(cfg: DataConfig, seed: int = 0, force: bool = False, progress: bool = True) -> Path:
-    """Generate all splits under cfg.root; a dataset with the same fingerprint is reused unless `force`."""
-    from posisp_dist.data.shards import concat
-
+    """Generate all splits under cfg.root; a dataset with the same fingerprint is reused unless `force`. Only a
+    root that is absent, empty or ours is (re)written, and a failed build leaves the previous dataset whole."""
     root = Path(cfg.root)
     fp = data_fingerprint(cfg, seed)
     manifest_path = root / "manifest.json"
-    source = json.loads(manifest_path.read_text()).get("source", "builtin") if manifest_path.exists() else None
+    found = _manifest(manifest_path)
+    source = found.get("source", "builtin") if found is not None else None
     if cfg.source == "ingested" or source == "ingested":  # the user's data: reused as is, never overwritten
         return _ingested_root(root, source, cfg.source)
-    if manifest_path.exists() and not force:
-        if json.loads(manifest_path.read_text()).get("fingerprint") == fp:
-            return root
-    if root.exists():
-        shutil.rmtree(root)
+    if found is not None and found.get("fingerprint") == fp and not force:
+        return root
+    check_replaceable(root)  # only what carries our manifest is ever replaced
     counts = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
-    total = sum(counts.values())
+    with staged_root(root) as out:  # written beside root, renamed into place when complete
+        n_objects = _write_splits(cfg, seed, counts, out, f"building {root}", progress)
+        _write_manifest(out, fp, cfg, counts, n_objects, seed)
+    return root
+
+
+def _manifest(path: Path) -> dict | None:
+    """The manifest at `path`, None when there is none; ValueError naming the file when it is unreadable."""
+    if not path.exists():
+        return None
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable posisp manifest ({e}); move it away or rebuild with --force "
+                         "after deleting it") from None
+    if not isinstance(found, dict):
+        raise ValueError(f"{path} is not a posisp manifest (its top level is {type(found).__name__})")
+    return found
+
+
+def _write_splits(cfg: DataConfig, seed: int, counts: dict[str, int], out: Path, desc: str, progress: bool) -> dict:
+    """Generate every split's captures into Parquet shards under `out` -> objects per split."""
+    from posisp_dist.data.shards import concat
+
     n_objects = {}
-    with tqdm(total=total, desc=f"building {root}", unit="img", disable=not progress) as bar:
+    with tqdm(total=sum(counts.values()), desc=desc, unit="img", disable=not progress) as bar:
         for split_id, split in enumerate(SPLITS):
             shards, current, objs = [], [], 0
             for i in range(counts[split]):
@@ -80,8 +101,12 @@ def build_dataset(cfg: DataConfig, seed: int = 0, force: bool = False, progress:
                 bar.update(1)
             if current:
                 shards.append(concat(current))
-            write_split(root, split, shards)
+            write_split(out, split, shards)
             n_objects[split] = objs
+    return n_objects
+
+
+def _write_manifest(out: Path, fp: str, cfg: DataConfig, counts: dict, n_objects: dict, seed: int) -> None:
     manifest = {
         "fingerprint": fp,
         "source": "builtin",
@@ -93,8 +118,7 @@ def build_dataset(cfg: DataConfig, seed: int = 0, force: bool = False, progress:
         "seed": seed,
         "format_version": DATA_FORMAT_VERSION,
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2))  # written last: marks the build complete
-    return root
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))  # written last: marks the build complete
 
 
 def _ingested_root(root: Path, found: str | None, wanted: str) -> Path:

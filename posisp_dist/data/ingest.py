@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from posisp_dist.data.letterbox import letterbox, resize, transform_boxes
 from posisp_dist.data.readers import RawImage, coco_image_sizes, read_coco, read_dng, read_voc
 from posisp_dist.data.shards import SPLITS, RawBatch, batch_to_table, concat, fingerprint
+from posisp_dist.data.staging import staged_root
 
 INGEST_FORMAT_VERSION = 1
 RAW_EXTENSIONS = frozenset(
@@ -158,6 +158,10 @@ def _read_list(path: Path) -> list[str]:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
         raise FileNotFoundError(f"split list not found: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"split list {path} is a folder; give a text file with one raw file name a line") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"split list {path} is not a text file") from None
     return [Path(s.strip()).stem for s in lines if s.strip() and not s.lstrip().startswith("#")]
 
 
@@ -246,6 +250,7 @@ def ingest_one(o: IngestOptions, path: Path, ann: Annotation, classes: list[str]
     if ann.size is not None and abs(ann.size[0] / ann.size[1] - w / h) > ASPECT_TOLERANCE * w / h:
         raise SkipFile(f"annotation frame {ann.size[0]}x{ann.size[1]} ({ann.source}) does not match the raw's "
                          f"{w}x{h} (rotated or cropped?)")
+    _check_boxes(ann, (w, h))
     counts, scale, offset, content = letterbox(raw, o.image_size)
     boxes, keep = transform_boxes(ann.boxes, ann.size, (w, h), scale, offset, content)
     labels = np.asarray([classes.index(n) for n in ann.names], np.int64)
@@ -272,10 +277,17 @@ def ingest_one(o: IngestOptions, path: Path, ann: Annotation, classes: list[str]
     return one, entry
 
 
-def _prepare_root(o: IngestOptions) -> None:
-    if o.root.exists() and o.force and (o.root / "manifest.json").exists():
-        shutil.rmtree(o.root)
-    o.root.mkdir(parents=True, exist_ok=True)
+def _check_boxes(ann: Annotation, raw_wh: tuple[int, int]) -> None:
+    """SkipFile when a box is not finite or lies wholly outside its annotation frame (another image's boxes, or
+    a rotated one): such a file is reported, not ingested with boxes quietly dropped."""
+    boxes = np.asarray(ann.boxes, np.float64).reshape(-1, 4)
+    if not np.isfinite(boxes).all():
+        raise SkipFile(f"non-finite box coordinates ({ann.source})")
+    fw, fh = ann.size or raw_wh
+    outside = (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0) | (boxes[:, 0] >= fw) | (boxes[:, 1] >= fh)
+    if outside.any():
+        raise SkipFile(f"{int(outside.sum())} box(es) lie wholly outside the {fw}x{fh} frame ({ann.source}): "
+                       "another image's annotation, or a rotated one?")
 
 
 def ingest(o: IngestOptions) -> IngestReport:
@@ -287,18 +299,26 @@ def ingest(o: IngestOptions) -> IngestReport:
         raise ValueError("the annotations name no classes")
     paths = candidates(o, classes, anns, skipped)
     splits = assign_splits(o, list(paths), skipped)
-    _prepare_root(o)
-    files: dict[str, dict[str, Any]] = {}
-    listed: dict[str, list[dict[str, str]]] = {}
-    total = sum(len(v) for v in splits.values())
-    with tqdm(total=total, desc=f"ingesting {o.raw_dir}", unit="file", disable=not o.progress) as bar:
-        for split_id, split in enumerate(SPLITS):
-            listed[split] = _ingest_split(o, split, split_id, [(paths[s], anns[s]) for s in splits[split]],
-                                          classes, files, skipped, bar)
-    empty = [s for s in SPLITS if not listed[s]]
-    if empty:
-        raise ValueError(f"no images left in split(s) {', '.join(empty)} after skipping; see the report:\n"
-                         + "\n".join(f"  {s['file']}: {s['reason']}" for s in skipped))
+    with staged_root(o.root) as staging:  # written beside the root, renamed into place when complete
+        written = replace(o, root=staging)
+        files: dict[str, dict[str, Any]] = {}
+        listed: dict[str, list[dict[str, str]]] = {}
+        total = sum(len(v) for v in splits.values())
+        with tqdm(total=total, desc=f"ingesting {o.raw_dir}", unit="file", disable=not o.progress) as bar:
+            for split_id, split in enumerate(SPLITS):
+                listed[split] = _ingest_split(written, split, split_id, [(paths[s], anns[s]) for s in splits[split]],
+                                              classes, files, skipped, bar)
+        empty = [s for s in SPLITS if not listed[s]]
+        if empty:
+            raise ValueError(f"no images left in split(s) {', '.join(empty)} after skipping; see the report:\n"
+                             + "\n".join(f"  {s['file']}: {s['reason']}" for s in skipped))
+        manifest = _manifest(o, classes, files, listed, skipped)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))  # last: marks the dataset complete
+    return IngestReport(o.root, manifest["counts"], skipped, sum(e["boxes_dropped"] for e in files.values()))
+
+
+def _manifest(o: IngestOptions, classes: list[str], files: dict, listed: dict, skipped: list) -> dict[str, Any]:
+    """The ingested dataset's manifest: what was read, how, and what was left out."""
     counts = {s: len(listed[s]) for s in SPLITS}
     settings = {"image_size": o.image_size, "classes": classes, "v": INGEST_FORMAT_VERSION,
                 "reference": "libraw" if o.reference_dir is None else "reference_dir"}
@@ -326,8 +346,7 @@ def ingest(o: IngestOptions) -> IngestReport:
         "skipped": skipped,
         "inputs": {"raw_dir": str(o.raw_dir), "coco": [str(p) for p in o.coco], "voc": [str(p) for p in o.voc]},
     }
-    (o.root / "manifest.json").write_text(json.dumps(manifest, indent=2))  # last: marks the dataset complete
-    return IngestReport(o.root, counts, skipped, sum(e["boxes_dropped"] for e in files.values()))
+    return manifest
 
 
 def _ingest_split(o, split, split_id, items, classes, files, skipped, bar) -> list[dict[str, str]]:
@@ -372,6 +391,8 @@ def verify_ingested(root: str | Path, raw_dir: str | Path) -> list[str]:
             path = Path(raw_dir) / e["file"]
             if not path.exists():
                 problems.append(f"{split}: {e['file']} is missing from {raw_dir}")
+            elif not path.is_file():
+                problems.append(f"{split}: {e['file']} in {raw_dir} is no longer a file")
             elif sha256_file(path) != e["sha256"]:
                 problems.append(f"{split}: {e['file']} has changed (SHA-256 differs)")
     return problems

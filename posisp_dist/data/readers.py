@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,30 +67,61 @@ def read_dng(path: str | Path, render: bool = False) -> RawImage:
     return RawImage(bayer, black, white, cfa, cam2rgb.astype(np.float32), wb.astype(np.float32), rendered)
 
 
-def read_coco(path: str | Path) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
-    """COCO-style detection JSON -> (class names, {file_name: {boxes x0y0x1y1, labels 0..C-1}})."""
-    path = Path(path)
+def _coco_json(path: Path) -> dict[str, Any]:
+    """The parsed COCO file; errors name it (missing, a folder, not JSON, not an object at the top level)."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"annotation file not found: {path}") from None
-    except json.JSONDecodeError as e:
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not a COCO JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a COCO file holds an object at the top level, not a {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{path}: COCO annotations need a list under {key!r}")
-    cats = sorted(data["categories"], key=lambda c: c["id"])
-    cat_index = {c["id"]: i for i, c in enumerate(cats)}
-    names = {im["id"]: im["file_name"] for im in data["images"]}
+    return data
+
+
+def _coco_box(path: Path, a: Any, k: int) -> list[float]:
+    """An annotation's finite, non-empty [x, y, w, h]; ValueError naming the file and the annotation."""
+    name = f"{path}: annotation {a.get('id', f'#{k}') if isinstance(a, dict) else f'#{k}'}"
+    if not isinstance(a, dict):
+        raise ValueError(f"{name} is not an object")
+    box = a.get("bbox")
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} needs a 'bbox' of four numbers [x, y, width, height], got {box!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise ValueError(f"{name} has a box with a non-finite number {box}")
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{name} has an empty box {box}")
+    return [x, y, w, h]
+
+
+def read_coco(path: str | Path) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
+    """COCO-style detection JSON -> (class names, {file_name: {boxes x0y0x1y1, labels 0..C-1}}); every error
+    names the file and, where one is at fault, the annotation."""
+    path = Path(path)
+    data = _coco_json(path)
+    try:
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        cat_index = {c["id"]: i for i, c in enumerate(cats)}
+        names = {im["id"]: im["file_name"] for im in data["images"]}
+        cat_names = [str(c["name"]) for c in cats]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: every category needs 'id' and 'name', every image 'id' and 'file_name' "
+                         f"(missing {e})") from None
     out: dict[str, dict[str, list]] = {n: {"boxes": [], "labels": []} for n in names.values()}
-    for a in data["annotations"]:
+    for k, a in enumerate(data["annotations"]):
+        x, y, w, h = _coco_box(path, a, k)
         if a.get("image_id") not in names:
             raise ValueError(f"{path}: annotation {a.get('id')} refers to unknown image_id {a.get('image_id')}")
         if a.get("category_id") not in cat_index:
             raise ValueError(f"{path}: annotation {a.get('id')} has unknown category_id {a.get('category_id')}")
-        x, y, w, h = (float(v) for v in a["bbox"])
-        if w <= 0 or h <= 0:
-            raise ValueError(f"{path}: annotation {a.get('id')} has an empty box {a['bbox']}")
         entry = out[names[a["image_id"]]]
         entry["boxes"].append([x, y, x + w, y + h])
         entry["labels"].append(cat_index[a["category_id"]])
@@ -96,12 +129,12 @@ def read_coco(path: str | Path) -> tuple[list[str], dict[str, dict[str, np.ndarr
         k: {"boxes": np.asarray(v["boxes"], np.float32).reshape(-1, 4), "labels": np.asarray(v["labels"], np.int64)}
         for k, v in out.items()
     }
-    return [str(c["name"]) for c in cats], targets
+    return cat_names, targets
 
 
 def coco_image_sizes(path: str | Path) -> dict[str, tuple[int, int]]:
     """{file_name: (width, height)} of the images of a COCO JSON that state their size."""
-    data = json.loads(Path(path).read_text())
+    data = _coco_json(Path(path))
     return {
         str(im["file_name"]): (int(im["width"]), int(im["height"]))
         for im in data.get("images", [])

@@ -136,7 +136,7 @@ def table_to_batch(table: pa.Table, source: str = "table") -> RawBatch:
     if any(m is None for m in d["instances"]):
         raise DataError(
             f"{source}: written before shard format {SHARD_FORMAT} (no instance-mask column); rebuild it with "
-            "`posisp data build` (built-in data) or `posisp data ingest` (your own)"
+            "`posisp data build --force` (built-in data) or `posisp data ingest --force` (your own)"
         )
     instances = []
     for i, m in enumerate(d["instances"]):
@@ -258,6 +258,10 @@ class RawDataset:
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"shard {path} is corrupt or unreadable: {e}") from None
         return table_to_batch(table, path)
+
+    def check(self) -> int:
+        """Read every shard once (DataError naming the first bad file) -> the number of images."""
+        return sum(len(self.read_shard(i)) for i in range(len(self.shard_paths)))
 
     def shards_for_worker(self, worker_index: int, num_workers: int) -> list[int]:
         """Round-robin shard assignment: worker k of n reads shards k, k+n, ... (all when n <= 1)."""

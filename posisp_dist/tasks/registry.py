@@ -43,6 +43,8 @@ def import_task_module(module: str | None) -> None:
         importlib.import_module(module)
     except ImportError as exc:
         raise ValueError(f"task.module {module!r} cannot be imported: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 (the user's module failed while importing: name it and the cause)
+        raise ValueError(f"task.module {module!r} failed while importing: {type(exc).__name__}: {exc}") from exc
 
 
 def task_kind(name: str, module: str | None = None) -> TaskKind:

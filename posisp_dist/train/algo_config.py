@@ -15,7 +15,6 @@ from posisp_dist.policy.rl_module import SequencePolicyModule
 from posisp_dist.train.callbacks import ISPCallbacks
 from posisp_dist.train.pathwise import PathwisePPOLearner, learner_connector
 
-
 SAMPLE_TIMEOUT_S = 3600.0  # one sampling round may take this long before RLlib gives up on it
 
 

@@ -13,11 +13,14 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from posisp_dist.config import Config, flatten
+from posisp_dist.train.lease import run_lease
 from posisp_dist.train.methods import method_name
+from posisp_dist.train.provenance import check_data, check_task, provenance_tags
 from posisp_dist.train.storage import (
     BEST_CKPT_TAG,
     Checkpoints,
@@ -27,6 +30,7 @@ from posisp_dist.train.storage import (
     open_tracker,
     read_state,
     resolve_paths,
+    restore_best,
     selection_key,
     upload_checkpoint,
 )
@@ -75,14 +79,22 @@ def _ray_init(cfg: Config) -> bool:
     return init_ray(cfg.train.ray_address)
 
 
-def _prepare(cfg: Config, progress: bool) -> None:
-    """Build (or reuse) the dataset and the frozen task model once, before any EnvRunner needs them."""
+def _prepare(cfg: Config, tracker: Tracker, resumed: bool, progress: bool) -> None:
+    """Build (or reuse) the dataset and the frozen task model once, before any EnvRunner needs them, and record
+    their fingerprints with the run (a resumed run must find the same ones)."""
     from posisp_dist.cache import open_cache
     from posisp_dist.data.build import build_dataset
+    from posisp_dist.data.shards import SPLITS, RawDataset
     from posisp_dist.tasks import load_task_model
 
+    tags = tracker.get_run().data.tags if resumed else {}
     build_dataset(cfg.data, cfg.seed, progress=progress)
-    load_task_model(cfg.task, cfg.data.root, progress=progress, device="cpu")
+    for split in SPLITS:  # a corrupt shard is named here, in one line, before any EnvRunner meets it
+        RawDataset(cfg.data.root, split).check()
+    task = load_task_model(cfg.task, cfg.data.root, progress=progress, device="cpu")
+    if resumed:
+        check_task(str(tracker.run_id), tags, task)
+    tracker.set_tags(provenance_tags(cfg, task))
     open_cache(cfg.cache)  # an unreachable cache.redis_url warns here, on the driver, before any EnvRunner starts
 
 
@@ -107,10 +119,14 @@ def train(
 
     if cfg is None and resume_run_id is None:
         raise ValueError("train needs a config, or a run id to resume")
-    tracker = open_tracker(cfg or Config(), tracking_uri)
+    tracker = open_tracker(cfg or Config(), tracking_uri, existing_run=resume_run_id)
+    lease = ExitStack()
     if resume_run_id:
         stored = tracker.get_run(resume_run_id)  # raises TrackingError naming an unknown run
         cfg = Config.model_validate(json.loads(download_text(tracker, resume_run_id, "config.json")))
+        # one driver at a time: a second one is refused here, before it touches the run
+        lease.enter_context(run_lease(Path(cfg.train.out_dir) / stored.info.run_id, stored.info.run_id))
+        check_data(cfg, stored.info.run_id, stored.data.tags)  # nor on data it never saw (refused untouched)
         tracker.start(resume_run_id=stored.info.run_id)
     else:
         cfg = resolve_paths(cfg)
@@ -118,12 +134,13 @@ def train(
         tracker.start(run_name=f"{method_name(cfg)}-seed{cfg.seed}", tags=nested)
     total = iterations or cfg.train.iterations
     started_ray = False
-    with signals_end_the_run() as reinstall_signal_handlers, tracker:  # SIGTERM/SIGINT: the run ends KILLED
+    with lease, signals_end_the_run() as reinstall_signal_handlers, tracker:  # SIGTERM/SIGINT: the run ends KILLED
         if not resume_run_id:
+            lease.enter_context(run_lease(Path(cfg.train.out_dir) / str(tracker.run_id), str(tracker.run_id)))
             tracker.log_params(flatten(cfg))
             tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
         tracker.set_tags({**run_tags(cfg.isp.backend, _device(cfg)), "posisp.method": method_name(cfg)})
-        _prepare(cfg, progress)
+        _prepare(cfg, tracker, bool(resume_run_id), progress)
         started_ray = _ray_init(cfg)
         reinstall_signal_handlers()  # ray.init replaced our SIGTERM handler with its sys.exit
         try:
@@ -217,6 +234,8 @@ def _train_loop(
         ckpt = local.latest()
         if ckpt is not None and uploaded != ckpt.name:
             upload_checkpoint(tracker, ckpt)
+        if state.best_iteration:  # kept here, or uploaded before local checkpoints were lost: the one it names
+            restore_best(tracker, local, run_id, tracker.get_run().data.tags.get(BEST_CKPT_TAG))
         if local.best() is not None:
             tracker.log_artifact(local.best(), "checkpoints/best")
             tracker.set_tags({BEST_CKPT_TAG: "checkpoints/best"})

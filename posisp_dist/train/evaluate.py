@@ -8,13 +8,16 @@ reaches the same Redis, reads the rows instead of recomputing them.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from posisp_dist.config import Config
+from posisp_dist.train.provenance import announce_retraining, check_data, check_task
 from posisp_dist.train.storage import fetch_run
+from posisp_dist.train.tracking import TrackingError
 
 
 def policy_row(cfg: Config, ckpt: Path, split: str, res: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -60,10 +63,12 @@ def remember_policy_row(cfg: Config, ckpt: Path, split: str, res: dict[str, Any]
 
 
 def evaluate_run(
-    run_id: str, split: str = "test", tracking_uri: str | None = None, progress: bool = True, baselines: bool = True
+    run_id: str, split: str = "test", tracking_uri: str | None = None, progress: bool = True, baselines: bool = True,
+    rebuild_data: bool = False,
 ) -> dict:
     """Rows {method, <the task's metrics>, score} for the baselines (unless `baselines=False`) and the learned
-    policy, and the task's `metrics` (key, label, direction; primary first); logged to the run as well."""
+    policy, and the task's `metrics` (key, label, direction; primary first); logged to the run as well. The data
+    and task model must be the run's (`train.provenance`); `rebuild_data` regenerates the run's built-in data."""
     from posisp_dist.baselines.table import baseline_table
     from posisp_dist.cache import cached_json, eval_key, open_cache
     from posisp_dist.data.shards import RawDataset
@@ -71,7 +76,11 @@ def evaluate_run(
     from posisp_dist.tasks import load_task_model
 
     cfg, ckpt, tracker = fetch_run(run_id, tracking_uri)
+    tags = tracker.get_run(run_id).data.tags
+    check_data(cfg, run_id, tags, rebuild=rebuild_data)
+    announce_retraining(cfg)
     task = load_task_model(cfg.task, cfg.data.root, progress=progress)
+    check_task(run_id, tags, task)
     cache = open_cache(cfg.cache)
     rows: list[dict[str, Any]] = []
     if baselines:
@@ -81,7 +90,10 @@ def evaluate_run(
     row = cached_json(cache, policy_row_key(cfg, ckpt, split, task), lambda: policy_row(cfg, ckpt, split))
     rows.append({**row, "checkpoint": str(ckpt)})
     payload = {"run_id": run_id, "split": split, "metrics": [m.to_json() for m in task.metrics], "rows": rows}
-    tracker.attach(run_id)
-    tracker.log_dict(payload, f"eval/{split}.json")
-    tracker.log_metrics({f"eval/{split}_{m.key}": rows[-1][m.key] for m in task.metrics}, step=0)
+    try:  # the rows are the result; a store that cannot take them (read-only) costs a warning, not the table
+        tracker.attach(run_id)
+        tracker.log_dict(payload, f"eval/{split}.json")
+        tracker.log_metrics({f"eval/{split}_{m.key}": rows[-1][m.key] for m in task.metrics}, step=0)
+    except TrackingError as e:
+        print(f"posisp: warning: the eval rows were not logged to run {run_id}: {e}", file=sys.stderr)
     return payload

@@ -15,7 +15,7 @@ from typing import Any
 
 from posisp_dist.config import Config
 from posisp_dist.paths import resolve
-from posisp_dist.train.tracking import Tracker, default_tracking_uri
+from posisp_dist.train.tracking import Tracker, TrackingError, default_tracking_uri, sqlite_path
 
 STATE_FILE = "driver_state.json"
 LAST_CKPT_TAG = "posisp.last_checkpoint"
@@ -49,9 +49,16 @@ def resolve_paths(cfg: Config) -> Config:
     return Config.model_validate(raw)
 
 
-def open_tracker(cfg: Config, uri: str | None = None) -> Tracker:
+def open_tracker(cfg: Config, uri: str | None = None, existing_run: str | None = None) -> Tracker:
+    """The tracker of `uri` (else the config's, else the default store); with `existing_run`, a sqlite store
+    that does not exist yet is an error naming the run instead of a new empty store."""
     t = cfg.tracking
-    return Tracker(uri or t.uri or default_tracking_uri(), t.experiment, t.artifact_root)
+    uri = uri or t.uri or default_tracking_uri()
+    db = sqlite_path(uri)
+    if existing_run and db is not None and not db.exists():
+        raise TrackingError(f"no MLflow store at {db}, so run {existing_run} is not there; pass --tracking-uri "
+                            "with the store the run was logged to")
+    return Tracker(uri, t.experiment, t.artifact_root)
 
 
 class Checkpoints:
@@ -123,18 +130,26 @@ def find_resume_checkpoint(tracker: Tracker, local: Checkpoints, run_id: str | N
 def fetch_run(run_id: str, tracking_uri: str | None = None) -> tuple[Config, Path, Tracker]:
     """A finished (or interrupted) run's resolved config and checkpoint for eval and apply: the best on val
     when the run selected one (`train.val_every`), else the newest."""
-    tracker = open_tracker(Config(), tracking_uri)
+    tracker = open_tracker(Config(), tracking_uri, existing_run=run_id)
     run = tracker.get_run(run_id)  # raises TrackingError naming an unknown run
     cfg = Config.model_validate(json.loads(download_text(tracker, run_id, "config.json")))
     local = Checkpoints(Path(cfg.train.out_dir) / run_id / "checkpoints", cfg.train.keep_checkpoints)
     best_tag = run.data.tags.get(BEST_CKPT_TAG)
-    if local.best() is None and best_tag:  # selected on another machine: fetch it from the run
-        tracker.download_artifacts(best_tag, local.root / ".download_best", run_id=run_id)
-        (local.root / ".download_best" / Path(best_tag).name).rename(local.root / "best")
+    restore_best(tracker, local, run_id, best_tag)
     ckpt = (local.best() if best_tag else None) or find_resume_checkpoint(tracker, local, run_id)
     if ckpt is None:
         raise FileNotFoundError(f"run {run_id} has no checkpoint yet (it failed before its first iteration)")
     return cfg, ckpt, tracker
+
+
+def restore_best(tracker: Tracker, local: Checkpoints, run_id: str, best_tag: str | None) -> Path | None:
+    """The run's best-on-val checkpoint locally: kept here, or (selected on another machine, or deleted here)
+    fetched from the run's uploaded `best_tag`; None when the run has none."""
+    if local.best() is None and best_tag:
+        shutil.rmtree(local.root / ".download_best", ignore_errors=True)
+        tracker.download_artifacts(best_tag, local.root / ".download_best", run_id=run_id)
+        (local.root / ".download_best" / Path(best_tag).name).rename(local.root / "best")
+    return local.best()
 
 
 def download_text(tracker: Tracker, run_id: str, path: str) -> str:

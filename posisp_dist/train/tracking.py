@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import numbers
@@ -9,8 +10,11 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
@@ -35,7 +39,7 @@ class TrackingError(RuntimeError):
     """MLflow unreachable or a run that cannot be found; message names the URI / run id."""
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite URI, or None for other stores and in-memory databases."""
     if not uri.startswith("sqlite:///"):
         return None
@@ -58,6 +62,21 @@ def _check_sqlite_store(db: Path, uri: str) -> str | None:
     if not (os.access(db, os.W_OK) and os.access(db.parent, os.W_OK)):  # sqlite writes a journal beside the file
         return f"MLflow store {uri} is read-only ({db} or its folder is not writable); {hint}"
     return None
+
+
+@contextmanager
+def _creation_lock(db: Path | None) -> Iterator[None]:
+    """Exclusive while a sqlite store is opened for the first time in this process (MLflow creates and migrates
+    its tables then, which two processes must not do at once); a no-op for other stores and read-only folders."""
+    if db is None or not os.access(db.parent, os.W_OK):
+        yield
+        return
+    with open(db.parent / f".{db.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks until the other process has made the store
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _rebase_artifacts(db: Path, root_uri: str) -> None:
@@ -109,9 +128,10 @@ class Tracker:
         """Connect to the store and create the experiment if missing."""
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # config.json is no download to watch
         self.uri = uri
         self.run_id: str | None = None
-        db = _sqlite_path(uri)
+        db = sqlite_path(uri)
         self.read_only_reason: str | None = None
         if db is not None:
             self.read_only_reason = _check_sqlite_store(db, uri)
@@ -122,8 +142,9 @@ class Tracker:
         if artifact_root and "://" not in artifact_root:
             location = resolve(artifact_root).as_uri()
         try:
-            self.client = MlflowClient(tracking_uri=uri)
-            self.experiment_id = self._experiment(experiment, location)
+            with _creation_lock(db):  # two first commands on a new store: one creates its tables, the other waits
+                self.client = MlflowClient(tracking_uri=uri)
+                self.experiment_id = self._experiment(experiment, location)
         except Exception as exc:  # any failure here means the store cannot be used
             raise TrackingError(f"MLflow tracking store {uri} is unreachable: {exc}") from exc
 
@@ -241,19 +262,36 @@ class Tracker:
             raise TrackingError(f"cannot download {artifact_path!r} of run {rid} from {self.uri}: {exc}") from exc
 
     def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
-        """Terminate the active run; with an error, tag it and store the traceback as error.txt."""
+        """Terminate the active run: its terminal state first, then, best effort, why it ended (a tag) and with
+        an error its traceback as error.txt. A store or artifact root that refuses those writes (full, read-only)
+        costs a one-line warning, never the terminal state."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         if self.run_id is None:
             return
+        run_id, self.run_id = self.run_id, None
         reason = "finished" if error is None else f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
-        self.set_tags({END_REASON_TAG: reason})  # why the run ended, for every terminal status
-        if error is not None:
-            self.set_tags({"error": reason})
+        steps = [("its terminal state", lambda: self.client.set_terminated(run_id, status=status)),
+                 ("why it ended", lambda: self.client.set_tag(run_id, END_REASON_TAG, reason))]
+        if error is None:  # a run resumed to FINISHED keeps no stale error tag from an earlier ending
+            steps.append(("the stale error tag", lambda: self._drop_tag(run_id, "error")))
+        else:
             tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            self.log_text(tb, "error.txt")
-        self.client.set_terminated(self.run_id, status=status)
-        self.run_id = None
+            steps += [("the error tag", lambda: self.client.set_tag(run_id, "error", reason)),
+                      ("error.txt", lambda: self.client.log_text(run_id, tb, "error.txt"))]
+        failed = []
+        for what, step in steps:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 (best effort: report, and go on to the next write)
+                failed.append(f"{what} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        if failed:
+            print(f"posisp: warning: run {run_id} ended {status}, but the tracking store did not take "
+                  f"{'; '.join(failed)}", file=sys.stderr)
+
+    def _drop_tag(self, run_id: str, key: str) -> None:
+        if key in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, key)
 
     def history(self, key: str, run_id: str | None = None) -> list[tuple[int, float]]:
         """(step, value) pairs of one metric, sorted by step."""
