@@ -135,7 +135,9 @@ def model_yaml(train: dict[str, Any], segment: bool, nc: int, out: Path) -> Path
 
 def _run(job: dict[str, Any]) -> None:
     """The child process: train with ultralytics' trainer and write what it measured."""
+    import os
     import time
+    from contextlib import redirect_stderr, redirect_stdout
 
     from tqdm import tqdm
 
@@ -146,16 +148,18 @@ def _run(job: dict[str, Any]) -> None:
     names = json.loads(Path(job["data"]).read_text())["names"]
     arch = model_yaml(tc, job["segment"], len(names), Path(job["project"]).parent / "posisp-yolo.yaml")
     model = lib.YOLO(str(arch), task="segment" if job["segment"] else "detect")
+    console = os.fdopen(os.dup(2), "w")  # our one progress bar; ultralytics' own bars go to /dev/null
     bar = tqdm(total=tc["epochs"], desc=f"training YOLO{'-seg' if job['segment'] else ''} (ultralytics)",
-               disable=not job["progress"])
+               disable=not job["progress"], file=console)
     model.add_callback("on_train_epoch_end", lambda trainer: bar.update(1))
     t0 = time.time()
-    model.train(
-        data=job["data"], epochs=tc["epochs"], imgsz=tc["imgsz"], batch=tc["batch_size"], lr0=tc["lr"],
-        optimizer=tc["optimizer"], cos_lr=True, close_mosaic=tc["close_mosaic"], mosaic=tc["mosaic"],
-        seed=tc["seed"], deterministic=True, workers=0, device="cpu", amp=False, plots=False, val=False,
-        project=job["project"], name="train", exist_ok=True, verbose=False, cache="ram",
-    )
+    with open(os.devnull, "w") as null, redirect_stdout(null), redirect_stderr(null):
+        model.train(
+            data=job["data"], epochs=tc["epochs"], imgsz=tc["imgsz"], batch=tc["batch_size"], lr0=tc["lr"],
+            optimizer=tc["optimizer"], cos_lr=True, close_mosaic=tc["close_mosaic"], mosaic=tc["mosaic"],
+            seed=tc["seed"], deterministic=True, workers=0, device="cpu", amp=False, plots=False, val=False,
+            project=job["project"], name="train", exist_ok=True, verbose=False, cache="ram",
+        )
     bar.close()
     info = {"train_seconds": time.time() - t0, "epochs": tc["epochs"], "params": sum(p.numel() for p in
             model.model.parameters()), "ultralytics": lib.__version__}
