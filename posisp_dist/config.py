@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from posisp_dist.config_base import Strict as _Strict
 from posisp_dist.isp.registry import DEFAULT_REGISTRY
-
-
-class _Strict(BaseModel):
-    # allow_inf_nan=False: an inf or nan in any float field (env.cost_lambda=.inf, ppo.lr=nan) is refused here,
-    # not found as nan gradients after minutes of training
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+from posisp_dist.task_config import (  # noqa: F401 (the task section's types, re-exported)
+    BUILTIN_TASK_CONFIGS,
+    BrightnessTaskConfig,
+    BuiltinTaskConfig,
+    DetectorTrainConfig,
+    PluginTaskConfig,
+    TaskConfig,
+    TorchvisionTaskConfig,
+    UltralyticsTaskConfig,
+    YoloTrainConfig,
+    task_fields,
+)
 
 Range = tuple[float, float]
 
@@ -105,143 +111,6 @@ class DataConfig(_Strict):
         if unknown:
             raise ValueError(f"unknown object classes {sorted(unknown)}; built-in shapes are {sorted(SHAPES)}")
         return self
-
-
-class DetectorTrainConfig(_Strict):
-    """Deterministic offline training of the built-in detector on clean sRGB renders."""
-
-    steps: int = Field(1500, ge=1, description="optimiser steps")
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    width: int = Field(32, ge=4, description="channels of the first stage")
-    seed: int = 0
-
-
-class _TaskBase(_Strict):
-    """What every task kind shares: its name, the plugin module that registers it, and how it is scored."""
-
-    kind: str
-    module: str | None = Field(
-        None, description="importable module that registers `kind` (a new task = one module + register_task); "
-        "imported by the processes that build the task model, never while a config is validated"
-    )
-    cache_dir: str = Field(".posisp/models", description="where trained task models are cached")
-    loss_clip: float = Field(4.0, gt=0, description="per-image task loss is clipped to [0, loss_clip]")
-    batch_size: int = Field(64, ge=1, description="images per task-model forward pass")
-    score_threshold: float = Field(0.01, ge=0, le=1, description="detections kept for mAP")
-    signal: Literal["loss", "detection", "mixed", "ap"] = Field(
-        "loss",
-        description="per-image score of a detector or segmenter: loss (-clip(loss), the paper's), detection "
-        "(detection_scale x matched confidence x IoU), mixed (their sum) or ap (detection_scale x the image's "
-        "own COCO AP@[.5:.95]: false positives at any confidence cost, as in mAP)",
-    )
-    detection_scale: float = Field(10.0, gt=0, description="scale of the detection-quality score")
-
-
-class BuiltinTaskConfig(_TaskBase):
-    """The built-in CenterNet detector or segmenter, trained once on the clean renders and cached."""
-
-    kind: Literal["builtin_detector", "builtin_segmenter"] = "builtin_detector"
-    train: DetectorTrainConfig = DetectorTrainConfig()
-
-
-class YoloTrainConfig(_Strict):
-    """Training a YOLO from scratch with ultralytics' own trainer on the built-in clean renders (used when
-    `weights` is not given; deterministic given `seed`, cached by fingerprint)."""
-
-    model: str = Field("yolov8n", description="an ultralytics model YAML name without '.yaml' (yolov8n, yolo11n, "
-                       "...); '-seg' is added for ultralytics_seg")
-    scale: tuple[float, int | float, int] | None = Field(
-        None, description="(depth, width, max channels) multiples overriding the model name's own scale"
-    )
-    epochs: int = Field(30, ge=1)
-    imgsz: int = Field(128, ge=32, description="training image size (a multiple of the model stride, 32)")
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.002, gt=0, description="initial learning rate (lr0)")
-    optimizer: Literal["SGD", "Adam", "AdamW"] = "AdamW"
-    mosaic: float = Field(1.0, ge=0, le=1, description="mosaic augmentation probability")
-    close_mosaic: int = Field(5, ge=0, description="last epochs trained without mosaic")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> YoloTrainConfig:
-        if self.imgsz % 32:
-            raise ValueError(f"task.train.imgsz must be a multiple of 32 (the YOLO stride), got {self.imgsz}")
-        return self
-
-
-class UltralyticsTaskConfig(_TaskBase):
-    """An ultralytics YOLO detector (`ultralytics`) or instance segmenter (`ultralytics_seg`): the user's own
-    `weights` (a `best.pt`), or, without them, one trained from scratch on the built-in renders (`train`)."""
-
-    kind: Literal["ultralytics", "ultralytics_seg"]
-    weights: str | None = Field(None, description="the user's trained ultralytics checkpoint (e.g. runs/.../best.pt)")
-    train: YoloTrainConfig = YoloTrainConfig()
-    imgsz: int | None = Field(None, ge=32, description="inference size (letterbox); None: the size it trained at")
-    iou: float = Field(0.7, gt=0, le=1, description="NMS IoU threshold (ultralytics' default)")
-    max_det: int = Field(300, ge=1, description="detections kept per image after NMS")
-    signal: Literal["loss", "ap"] = Field("ap", description="loss: -clip(ultralytics' own loss) | ap: "
-                                          "detection_scale x the image's own AP@[.5:.95]")
-
-
-class TorchvisionTaskConfig(_TaskBase):
-    """A torchvision detection model from the user's weights."""
-
-    kind: Literal["torchvision"]
-    weights: str = Field(description="a whole pickled torchvision model (torch.save(model, path))")
-
-
-class BrightnessTaskConfig(_TaskBase):
-    """Known-answer task: hit a target mean luminance (no weights, no data beyond the images)."""
-
-    kind: Literal["brightness_target"]
-    brightness_target: float = Field(0.4, gt=0, lt=1, description="target mean luminance")
-
-
-class PluginTaskConfig(_TaskBase):
-    """A task kind registered by user code: `module` names it (imported when the model is built, not while
-    the config is validated); `options` are the plugin's own settings, read by its builder."""
-
-    options: dict[str, Any] = Field(default_factory=dict, description="the plugin's own settings")
-    weights: str | None = Field(None, description="a weights file the plugin's builder reads, if any")
-
-    @model_validator(mode="after")
-    def _check(self) -> PluginTaskConfig:
-        from posisp_dist.tasks.registry import task_kinds  # built-in and already registered kinds; imports no user code
-
-        if self.module is None and self.kind not in task_kinds():
-            raise ValueError(f"unknown task kind {self.kind!r}; registered: {task_kinds()} (a plugin kind needs "
-                             "`module`, the module that registers it)")
-        return self
-
-
-BUILTIN_TASK_CONFIGS: dict[str, type[_TaskBase]] = {
-    "builtin_detector": BuiltinTaskConfig, "builtin_segmenter": BuiltinTaskConfig,
-    "ultralytics": UltralyticsTaskConfig, "ultralytics_seg": UltralyticsTaskConfig,
-    "torchvision": TorchvisionTaskConfig, "brightness_target": BrightnessTaskConfig,
-}
-
-
-def _task_tag(value: Any) -> str:
-    kind = value.get("kind", "builtin_detector") if isinstance(value, dict) else getattr(value, "kind", None)
-    return kind if kind in BUILTIN_TASK_CONFIGS else "plugin"
-
-
-# tagged by kind, so that an error reads `task.ultralytics.train.epochs`
-TaskConfig = Annotated[
-    Union[  # noqa: UP007 (a union built from the table needs the subscript form)
-        tuple(Annotated[cls, Tag(kind)] for kind, cls in {**BUILTIN_TASK_CONFIGS, "plugin": PluginTaskConfig}.items())
-    ],
-    Discriminator(_task_tag),
-]
-"""The frozen downstream task model: one typed config per kind, chosen by `kind` (a union discriminated by it;
-validating a config never imports user code)."""
-
-
-def task_fields(task: dict[str, Any], kind: str) -> dict[str, Any]:
-    """A task section's fields that another `kind` also has (for switching kinds in a config dict)."""
-    cls = BUILTIN_TASK_CONFIGS.get(kind, PluginTaskConfig)
-    return {k: v for k, v in task.items() if k in cls.model_fields}
 
 
 class ISPConfig(_Strict):

@@ -11,8 +11,8 @@ from pathlib import Path
 from conftest import REPO
 
 LAYERS = {  # subpackage (or top-level module) of posisp_dist, and `envs` -> its layer; imports go down or level
-    "isp": 0, "paths": 0,
-    "config": 1, "data": 1, "tasks": 1, "cache": 1,
+    "isp": 0, "paths": 0, "config_base": 0,
+    "config": 1, "task_config": 1, "data": 1, "tasks": 1, "cache": 1,
     "envs": 2, "baselines": 2,
     "policy": 3,
     "train": 4, "benchmarks": 4, "cluster": 4,

@@ -35,6 +35,11 @@ def ray_listeners(session: str) -> list[tuple[str, str]]:
     return found
 
 
+def session_dir(ray) -> str:
+    """This Ray session's folder, from the public node table (the object store socket lives inside it)."""
+    return str(Path(ray.nodes()[0]["ObjectStoreSocketName"]).parents[1])
+
+
 def beyond_loopback(found: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(a, c) for a, c in found if not a.rsplit(":", 1)[0].strip("[]").endswith("127.0.0.1")]
 
@@ -42,10 +47,10 @@ def beyond_loopback(found: list[tuple[str, str]]) -> list[tuple[str, str]]:
 PROBE = r"""
 import json
 from posisp_dist.train.ray_local import init_ray
-from test_ray_local import ray_listeners
+from test_ray_local import ray_listeners, session_dir
 import ray
 assert init_ray(None)
-print("POSISP-LISTEN", json.dumps(ray_listeners(ray._private.worker._global_node.get_session_dir_path())))
+print("POSISP-LISTEN", json.dumps(ray_listeners(session_dir(ray))))
 ray.shutdown()
 """
 
@@ -92,7 +97,7 @@ def test_rays_unactionable_notices_are_dropped_and_other_records_pass(name, star
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to list listening sockets")
 def test_the_test_suites_own_ray_fixture_listens_on_loopback_only(ray_local):
-    found = ray_listeners(ray_local._private.worker._global_node.get_session_dir_path())
+    found = ray_listeners(session_dir(ray_local))
     assert len(found) >= 3  # GCS, raylet, this process's core worker at least
     exposed = beyond_loopback(found)
     assert not exposed, f"the suite's Ray listens beyond loopback: {exposed}"
