@@ -87,11 +87,48 @@ class UltralyticsTaskConfig(_TaskBase):
                                           "detection_scale x the image's own AP@[.5:.95]")
 
 
-class TorchvisionTaskConfig(_TaskBase):
-    """A torchvision detection model from the user's weights."""
+class TorchvisionTrainConfig(_Strict):
+    """The short training loop of a torchvision detector on the built-in clean renders (used when `weights` is
+    not given; `posisp_dist.tasks.torchvision_train`)."""
 
-    kind: Literal["torchvision"]
-    weights: str = Field(description="a whole pickled torchvision model (torch.save(model, path))")
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate (one-cycle schedule)")
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+
+
+class TorchvisionTaskConfig(_TaskBase):
+    """A torchvision detection model (`torchvision`) or Mask R-CNN (`torchvision_seg`): a builder and a
+    state_dict file, a whole pickled model, or (no `weights`) the builder trained here on the built-in renders."""
+
+    kind: Literal["torchvision", "torchvision_seg"]
+    builder: str | None = Field(
+        None, description="a builder of torchvision.models.detection (fcos_resnet50_fpn, maskrcnn_resnet50_fpn, ...) "
+        "or package.module:function; always called with weights=None, weights_backbone=None; None: `weights` is a "
+        "whole pickled model"
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="the builder's keyword arguments (min_size, "
+                                    "max_size, ...); hub weights are refused")
+    num_classes: int | None = Field(None, ge=1, description="the model's classes, background included; default: "
+                                    "the data's classes + label_offset")
+    label_offset: int = Field(1, ge=0, description="the model's label of our class 0 (torchvision: 1, 0 is background)")
+    weights: str | None = Field(None, description="a state_dict file for `builder` (or a checkpoint dict holding it "
+                                "under 'model'), or a whole pickled model without `builder`")
+    train: TorchvisionTrainConfig = TorchvisionTrainConfig()
+    signal: Literal["loss", "ap"] = Field("ap", description="loss: -clip(the model's own loss) | ap: detection_scale x "
+                                          "the image's own AP@[.5:.95]")
+
+    @model_validator(mode="after")
+    def _check(self) -> TorchvisionTaskConfig:
+        if self.builder is None and self.weights is None:
+            raise ValueError("task.torchvision needs `builder` (a state_dict in `weights`, or trained here) or "
+                             "`weights` (a whole pickled model)")
+        hub = {k: v for k, v in self.options.items() if k in ("weights", "weights_backbone") and v is not None}
+        if hub:
+            raise ValueError(f"task.options asks for hub weights {hub}: nothing can be downloaded here; give your "
+                             "trained weights as a state_dict file in task.weights")
+        return self
 
 
 class BrightnessTaskConfig(_TaskBase):
@@ -121,7 +158,8 @@ class PluginTaskConfig(_TaskBase):
 BUILTIN_TASK_CONFIGS: dict[str, type[_TaskBase]] = {
     "builtin_detector": BuiltinTaskConfig, "builtin_segmenter": BuiltinTaskConfig,
     "ultralytics": UltralyticsTaskConfig, "ultralytics_seg": UltralyticsTaskConfig,
-    "torchvision": TorchvisionTaskConfig, "brightness_target": BrightnessTaskConfig,
+    "torchvision": TorchvisionTaskConfig, "torchvision_seg": TorchvisionTaskConfig,
+    "brightness_target": BrightnessTaskConfig,
 }
 
 

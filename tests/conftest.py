@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,18 @@ def tiny_train_yaml(tiny_cfg: Config, tmp: Path, task: dict) -> tuple[Path, str]
     path.write_text(yaml.safe_dump(raw))
     return path, uri
 
+
+def no_network_script(tmp: Path) -> Path:
+    """A sitecustomize that fails and records any socket connection or name lookup of the process."""
+    guard = tmp / "guard"
+    guard.mkdir(exist_ok=True)
+    (guard / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import socket
+        def _refuse(*a, **k):
+            with open({str(tmp / 'attempts.txt')!r}, 'a') as f:
+                f.write(repr(a[:2]) + '\\n')
+            raise OSError('network refused by the test guard')
+        socket.socket.connect = socket.socket.connect_ex = _refuse
+        socket.create_connection = socket.getaddrinfo = socket.gethostbyname = _refuse
+    """))
+    return guard

@@ -29,7 +29,7 @@ def test_every_config_loads(path):
         ("data: {colour: 3}", "colour"),
         ("isp: {modules: [exposure, vignette]}", "vignette"),
         ("task: {kind: yolo9000}", "unknown task kind"),
-        ("task: {kind: torchvision}", "torchvision.weights"),
+        ("task: {kind: torchvision}", "torchvision needs `builder`"),
         ("data: [1, 2", "not valid YAML"),
         ("- just a list", "mapping"),
         ("isp: {modules: []}", "isp.modules"),

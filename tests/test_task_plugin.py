@@ -101,5 +101,5 @@ def test_each_task_kind_owns_its_typed_fields(tiny_cfg):
     with pytest.raises(ValueError, match="brightness_target"):
         Config.model_validate(raw)
     raw["task"] = with_task(raw["task"], {"kind": "torchvision"})
-    with pytest.raises(ValueError, match="weights"):  # torchvision needs the user's weights
+    with pytest.raises(ValueError, match="builder"):  # torchvision needs an architecture or a whole model
         Config.model_validate(raw)

@@ -1,4 +1,4 @@
-"""The frozen task models: built-in detector (determinism, scoring, mAP) and the user-weight adapters."""
+"""The frozen task models: built-in detector (determinism, scoring, mAP)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import torch
 
 from posisp_dist.baselines.table import render_reference
 from posisp_dist.data.shards import RawDataset
-from posisp_dist.tasks.adapters import TorchvisionDetector
 from posisp_dist.tasks.base import TaskModel
 from posisp_dist.tasks.detector import detector_path, train_detector
 from posisp_dist.tasks.metrics import box_iou, coco_map, per_image_ap, prediction_score
@@ -68,40 +67,6 @@ def test_detector_training_is_deterministic_and_cached(tiny_cfg, tiny_data, tiny
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
     assert detector_path(tiny_cfg.task, ds).exists()  # the session fixture trained and cached it
     assert detector_path(cfg, ds) != detector_path(tiny_cfg.task, ds)  # a new training config is a new model
-
-
-class _FakeTorchvision(torch.nn.Module):
-    """Follows torchvision's detection calling convention; 'detects' one fixed box, labels 1-based."""
-
-    def forward(self, images):
-        return [
-            {
-                "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]),
-                "scores": torch.tensor([0.8]),
-                "labels": torch.tensor([2]),
-            }
-            for _ in images
-        ]
-
-
-def test_torchvision_adapter_maps_predictions_and_scores():
-    model = TorchvisionDetector(_FakeTorchvision(), ["a", "b"], device="cpu")
-    images = np.zeros((2, 32, 32, 3), np.float32)
-    dets = model.predict(images)
-    assert dets[0]["labels"].tolist() == [1] and dets[0]["boxes"].shape == (1, 4)
-    hit = [{"boxes": np.array([[0, 0, 10, 10]], np.float32), "labels": np.array([1])}] * 2
-    miss = [{"boxes": np.array([[20, 20, 30, 30]], np.float32), "labels": np.array([1])}] * 2
-    np.testing.assert_allclose(model.score(images, hit), 0.8)
-    np.testing.assert_allclose(model.score(images, miss), 0.0)
-    assert model.evaluate(images, hit)["map50"] == pytest.approx(100.0)
-
-
-def test_torchvision_from_weights_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="torchvision weights not found"):
-        TorchvisionDetector.from_weights(str(tmp_path / "none.pt"), ["a"])
-    torch.save({"not": "a model"}, tmp_path / "state.pt")
-    with pytest.raises(ValueError, match="does not hold a torch.nn.Module"):
-        TorchvisionDetector.from_weights(str(tmp_path / "state.pt"), ["a"])
 
 
 def test_detector_signal_modes_share_one_forward_pass(tiny_task, tiny_data):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_train_yaml, with_task
+from conftest import REPO, no_network_script, tiny_train_yaml, with_task
 
 from posisp_dist.cli import main
 from posisp_dist.tasks import load_task_model
@@ -242,22 +242,6 @@ def test_trained_yolo_is_cached_and_predicts_as_the_library_does(trained, tiny_d
         if "masks" in mine and len(theirs):
             assert mine["masks"].shape[1:] == x.shape[1:3]
     assert matched > 0
-
-
-def no_network_script(tmp: Path) -> Path:
-    """A sitecustomize that fails and records any socket connection or name lookup of the process."""
-    guard = tmp / "guard"
-    guard.mkdir(exist_ok=True)
-    (guard / "sitecustomize.py").write_text(textwrap.dedent(f"""
-        import socket
-        def _refuse(*a, **k):
-            with open({str(tmp / 'attempts.txt')!r}, 'a') as f:
-                f.write(repr(a[:2]) + '\\n')
-            raise OSError('network refused by the test guard')
-        socket.socket.connect = socket.socket.connect_ex = _refuse
-        socket.create_connection = socket.getaddrinfo = socket.gethostbyname = _refuse
-    """))
-    return guard
 
 
 def test_training_and_inference_open_no_socket_and_leave_home_alone(tiny_cfg, tiny_data, tmp_path):

@@ -62,7 +62,6 @@ class TaskKind:
     metrics: tuple[Metric, ...]
     weights_path: Callable[[Any, Path], Path | None] | None = None
     from_weights: Callable[[Any, list[str], Any, str | None], Any] | None = None
-    needs_weights: bool = False  # `task.weights` must name a user file
     description: str = ""
 
     def __post_init__(self) -> None:

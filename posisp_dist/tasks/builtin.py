@@ -1,6 +1,6 @@
 """The built-in task kinds (`BUILTIN_KINDS`, registered by `posisp_dist.tasks.registry`): the CenterNet-style
-detector and segmenter trained on the built-in scenes, ultralytics YOLO and YOLO-seg (the user's weights, or
-trained here with ultralytics' trainer), the torchvision adapter around user weights, and the known-answer
+detector and segmenter trained on the built-in scenes; ultralytics YOLO and YOLO-seg, and torchvision detectors
+and Mask R-CNN (the user's weights, or trained here with the library's trainer or a short loop); the known-answer
 brightness task. Each builder imports its model only when called."""
 
 from __future__ import annotations
@@ -65,16 +65,6 @@ def _builtin(name: str, segmenter: bool, metrics: Any, description: str) -> Task
                     description=description)
 
 
-def _user_weights(cfg: Any, root: Path) -> Path:
-    return Path(str(cfg.weights))
-
-
-def _torchvision(cfg: Any, classes: list[str], path: str, device: str | None) -> Any:
-    from posisp_dist.tasks.adapters import TorchvisionDetector
-
-    return TorchvisionDetector.from_weights(path, classes, device=device)
-
-
 def _yolo_class(cfg: Any) -> Any:
     from posisp_dist.tasks.yolo import YoloDetector, YoloSegmenter
 
@@ -119,18 +109,38 @@ def _ultralytics(name: str, metrics: Any, description: str) -> TaskKind:
                     from_weights=_yolo_from_bytes, description=description)
 
 
-def _adapter(name: str, make: Any, description: str) -> TaskKind:
-    return TaskKind(
-        name,
-        build=lambda cfg, root, progress, device: make(cfg, _classes(root), str(cfg.weights), device),
-        metrics=DETECTION_METRICS,
-        weights_path=_user_weights,
-        from_weights=lambda cfg, classes, weights, device: make(
-            cfg, classes, _scratch_file(weights, Path(str(cfg.weights)).suffix), device
-        ),
-        needs_weights=True,
-        description=description,
-    )
+def _build_torchvision(cfg: Any, root: Path, progress: bool, device: str | None) -> Any:
+    from posisp_dist.tasks.torchvision_models import from_config
+
+    if cfg.weights:
+        return from_config(cfg, _classes(root), str(cfg.weights), device)
+    from posisp_dist.tasks.torchvision_train import train_torchvision
+
+    return from_config(cfg, _classes(root), train_torchvision(cfg, root, progress), device)
+
+
+def _torchvision_weights(cfg: Any, root: Path) -> Path:
+    """The user's file, or the state_dict trained on the built-in renders (after `build`)."""
+    if cfg.weights:
+        return Path(str(cfg.weights))
+    from posisp_dist.tasks.torchvision_train import torchvision_weights_path
+
+    return torchvision_weights_path(cfg, root)
+
+
+def _torchvision_from_bytes(cfg: Any, classes: list[str], weights: Any, device: str | None) -> Any:
+    from posisp_dist.tasks.torchvision_models import from_config
+
+    path = _scratch_file(weights, ".pt")
+    try:
+        return from_config(cfg, classes, path, device)
+    finally:
+        os.unlink(path)
+
+
+def _torchvision(name: str, metrics: Any, description: str) -> TaskKind:
+    return TaskKind(name, build=_build_torchvision, metrics=metrics, weights_path=_torchvision_weights,
+                    from_weights=_torchvision_from_bytes, description=description)
 
 
 def _brightness(cfg: Any, classes: list[str]) -> Any:
@@ -142,7 +152,10 @@ def _brightness(cfg: Any, classes: list[str]) -> Any:
 BUILTIN_KINDS = (
     _builtin("builtin_detector", False, DETECTION_METRICS, "the built-in CenterNet-style detector"),
     _builtin("builtin_segmenter", True, SEGMENTATION_METRICS, "the built-in instance segmenter (detector + masks)"),
-    _adapter("torchvision", _torchvision, "a torchvision detection model from user weights"),
+    _torchvision("torchvision", DETECTION_METRICS, "a torchvision detection model (a builder + state_dict, a pickled "
+                 "model, or trained here)"),
+    _torchvision("torchvision_seg", SEGMENTATION_METRICS, "a torchvision Mask R-CNN (a builder + state_dict, a "
+                 "pickled model, or trained here)"),
     _ultralytics("ultralytics", DETECTION_METRICS, "an ultralytics YOLO detector (user weights, or trained here)"),
     _ultralytics("ultralytics_seg", SEGMENTATION_METRICS, "an ultralytics YOLO-seg model (user weights, or trained "
                  "here)"),

@@ -9,17 +9,15 @@ evaluated by pycocotools' `segm` mask mAP.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from posisp_dist.tasks.base import SEGMENTATION_METRICS, Detections, Targets
+from posisp_dist.tasks.base import Detections, Targets
 from posisp_dist.tasks.centernet import CenterNet, _block, decode
 from posisp_dist.tasks.detector import BuiltinDetector
-from posisp_dist.tasks.metrics import coco_mask_map, per_image_mask_ap
+from posisp_dist.tasks.frozen import MaskScoring
 
 MASK_MARGIN = 2  # pixels a box is grown by before it crops its class's mask
 MASK_TOP_K = 20  # detections per image that get a mask
@@ -48,10 +46,9 @@ def class_maps(targets: Targets, n_classes: int, hw: tuple[int, int]) -> torch.T
     return torch.from_numpy(np.minimum(out, 1.0))
 
 
-class BuiltinSegmenter(BuiltinDetector):
+class BuiltinSegmenter(MaskScoring, BuiltinDetector):
     """Frozen `SegCenterNet` behind the `TaskModel` interface (see the module docstring)."""
 
-    metrics = SEGMENTATION_METRICS
     net_class = SegCenterNet
     kind = "builtin_segmenter"
     cache_prefix = "segmenter"
@@ -79,11 +76,3 @@ class BuiltinSegmenter(BuiltinDetector):
             inside = (xs[None] >= x0) & (xs[None] < x1) & (ys[None] >= y0) & (ys[None] < y1)
             d["masks"] = fg[i][d["labels"]] & inside
         return dets
-
-    @staticmethod
-    def image_ap(dets: Detections, targets: Targets) -> np.ndarray:
-        return per_image_mask_ap(dets, targets)
-
-    def evaluate(self, images: Any, targets: Targets) -> dict[str, float]:
-        return coco_mask_map(self.predict(images), targets, len(self.classes))
-

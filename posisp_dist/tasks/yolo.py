@@ -24,16 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from posisp_dist.tasks.base import (
-    DETECTION_METRICS,
-    SEGMENTATION_METRICS,
-    Detections,
-    Targets,
-    state_dict_hash,
-    to_torch_nchw,
-)
-from posisp_dist.tasks.metrics import coco_map, coco_mask_map, per_image_ap, per_image_mask_ap
-from posisp_dist.tasks.signals import task_signal
+from posisp_dist.tasks.base import Detections, Targets, state_dict_hash
+from posisp_dist.tasks.frozen import FrozenDetector, MaskScoring, freeze, torch_device
 from posisp_dist.tasks.yolo_lib import ultralytics
 
 PAD_VALUE = 114 / 255  # ultralytics' letterbox fill
@@ -122,24 +114,19 @@ def _hyperparameters(model: torch.nn.Module) -> Any:
     return IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **args})
 
 
-class YoloDetector:
+class YoloDetector(FrozenDetector):
     """A frozen ultralytics detection model (YOLOv3/v5/v8/11/26 families); see the module docstring."""
 
-    metrics = DETECTION_METRICS
     kind = "ultralytics"
-    signals = ("loss", "ap")
 
     def __init__(
         self, model: torch.nn.Module, classes: list[str], *, signal: str = "ap", loss_clip: float = 8.0,
         detection_scale: float = 10.0, conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
         imgsz: int | None = None, batch_size: int = 64, device: str | None = None,
     ) -> None:
-        if signal not in self.signals:
-            raise ValueError(f"unknown task signal {signal!r} for {self.kind}; expected one of {self.signals}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.net = model.to(self.device).float().eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        self._scoring(signal, loss_clip, detection_scale)
+        self.device = torch_device(device)
+        self.net = freeze(model.float(), self.device)
         self.net.args = _hyperparameters(self.net)
         self.criterion = self.net.init_criterion()
         self.classes = list(classes)
@@ -147,7 +134,6 @@ class YoloDetector:
         self.from_model = {int(m): k for k, m in enumerate(self.to_model)}
         self.stride = int(max(self.net.stride))
         self.imgsz = int(imgsz or self.net.args.imgsz)
-        self.signal, self.loss_clip, self.detection_scale = signal, loss_clip, detection_scale
         self.conf, self.iou, self.max_det, self.batch_size = conf, iou, max_det, batch_size
         self.calls = 0
 
@@ -218,50 +204,11 @@ class YoloDetector:
                         "scores": pred[:, 4].cpu().numpy()[mine].astype(np.float32), "labels": ours[mine]})
         return out
 
-    # --- the TaskModel contract -----------------------------------------------------------------------------
-    def loss_and_score(self, images: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, np.ndarray]:
-        """One forward pass of NCHW images in [0, 1] -> (B,) loss differentiable in the images, (B,) `score`."""
-        if len(targets) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
-        lb, decoded, raw = self._forward(images)
-        loss = self._losses(raw, targets, lb)
-        dets = self._detections(_detach(decoded), lb) if self.signal == "ap" else None
-        return loss, self._signal(loss.detach().cpu().numpy(), dets, targets)
-
-    def _signal(self, loss: np.ndarray, dets: Detections | None, targets: Targets) -> np.ndarray:
-        return task_signal(self.signal, loss, dets, targets, self.loss_clip, self.detection_scale, self.image_ap)
-
-    @staticmethod
-    def image_ap(dets: Detections, targets: Targets) -> np.ndarray:
-        return per_image_ap(dets, targets)
-
-    def _chunks(self, images: Any) -> Any:
-        for s in range(0, images.shape[0], self.batch_size):
-            yield s, to_torch_nchw(images[s : s + self.batch_size], self.device)
-
-    @torch.no_grad()  # not inference_mode: the head caches its anchors, later used under autograd
-    def score(self, images: Any, targets: Targets) -> np.ndarray:
-        """(B,) the same signal as `loss_and_score`, for (B, H, W, 3) NumPy/CuPy images."""
-        if len(targets) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
-        out = []
-        for s, x in self._chunks(images):
-            lb, decoded, raw = self._forward(x)
-            tg = targets[s : s + self.batch_size]
-            loss = self._losses(raw, tg, lb).cpu().numpy()
-            out.append(self._signal(loss, self._detections(decoded, lb) if self.signal == "ap" else None, tg))
-        return np.concatenate(out)
-
-    @torch.no_grad()  # not inference_mode: the head caches its anchors, later used under autograd
-    def predict(self, images: Any) -> Detections:
-        dets: Detections = []
-        for _, x in self._chunks(images):
-            lb, decoded, _ = self._forward(x)
-            dets += self._detections(decoded, lb)
-        return dets
-
-    def evaluate(self, images: Any, targets: Targets) -> dict[str, float]:
-        return coco_map(self.predict(images), targets, len(self.classes), tuple(images.shape[1:3]))
+    def _pass(self, x: torch.Tensor, targets: Targets | None, want_dets: bool) -> tuple[Any, Detections | None]:
+        """One forward pass: ultralytics' loss per image (given targets) and the NMS'd detections (if wanted)."""
+        lb, decoded, raw = self._forward(x)
+        loss = self._losses(raw, targets, lb) if targets is not None else None
+        return loss, self._detections(_detach(decoded), lb) if want_dets else None
 
 
 def _detach(obj: Any) -> Any:
@@ -272,11 +219,10 @@ def _detach(obj: Any) -> Any:
     return obj
 
 
-class YoloSegmenter(YoloDetector):
+class YoloSegmenter(MaskScoring, YoloDetector):
     """A frozen ultralytics instance-segmentation model (YOLOv8-seg, YOLO11-seg, ...): the detector's contract
     plus masks; its loss adds ultralytics' mask loss (the trainer's overlapping masks at the mask ratio)."""
 
-    metrics = SEGMENTATION_METRICS
     kind = "ultralytics_seg"
     mask_ratio = 4
 
@@ -314,11 +260,3 @@ class YoloSegmenter(YoloDetector):
                         "scores": pred[:, 4].cpu().numpy()[mine].astype(np.float32), "labels": ours[mine],
                         "masks": masks.cpu().numpy()[mine]})
         return out
-
-    @staticmethod
-    def image_ap(dets: Detections, targets: Targets) -> np.ndarray:
-        return per_image_mask_ap(dets, targets)
-
-    def evaluate(self, images: Any, targets: Targets) -> dict[str, float]:
-        return coco_mask_map(self.predict(images), targets, len(self.classes))
-
