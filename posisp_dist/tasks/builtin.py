@@ -79,68 +79,57 @@ def _yolo(cfg: Any, classes: list[str], path: str | Path, device: str | None) ->
     )
 
 
-def _yolo_weights(cfg: Any, root: Path) -> Path:
-    """The user's checkpoint, or the one trained on the built-in renders (after `build`)."""
-    if cfg.weights:
-        return Path(str(cfg.weights))
+def _yolo_train(cfg: Any, root: Path, progress: bool) -> Path:
+    from posisp_dist.tasks.yolo_train import train_yolo
+
+    return train_yolo(cfg, root, progress)
+
+
+def _yolo_trained_path(cfg: Any, root: Path) -> Path:
     from posisp_dist.tasks.yolo_train import yolo_weights_path
 
     return yolo_weights_path(cfg, root)
 
 
-def _build_yolo(cfg: Any, root: Path, progress: bool, device: str | None) -> Any:
-    if cfg.weights:
-        return _yolo(cfg, _classes(root), str(cfg.weights), device)
-    from posisp_dist.tasks.yolo_train import train_yolo
-
-    return _yolo(cfg, _classes(root), train_yolo(cfg, root, progress), device)
-
-
-def _yolo_from_bytes(cfg: Any, classes: list[str], weights: Any, device: str | None) -> Any:
-    path = _scratch_file(weights, ".pt")
-    try:
-        return _yolo(cfg, classes, path, device)
-    finally:
-        os.unlink(path)
-
-
-def _ultralytics(name: str, metrics: Any, description: str) -> TaskKind:
-    return TaskKind(name, build=_build_yolo, metrics=metrics, weights_path=_yolo_weights,
-                    from_weights=_yolo_from_bytes, description=description)
-
-
-def _build_torchvision(cfg: Any, root: Path, progress: bool, device: str | None) -> Any:
+def _torchvision_model(cfg: Any, classes: list[str], path: str | Path, device: str | None) -> Any:
     from posisp_dist.tasks.torchvision_models import from_config
 
-    if cfg.weights:
-        return from_config(cfg, _classes(root), str(cfg.weights), device)
+    return from_config(cfg, classes, path, device)
+
+
+def _torchvision_train(cfg: Any, root: Path, progress: bool) -> Path:
     from posisp_dist.tasks.torchvision_train import train_torchvision
 
-    return from_config(cfg, _classes(root), train_torchvision(cfg, root, progress), device)
+    return train_torchvision(cfg, root, progress)
 
 
-def _torchvision_weights(cfg: Any, root: Path) -> Path:
-    """The user's file, or the state_dict trained on the built-in renders (after `build`)."""
-    if cfg.weights:
-        return Path(str(cfg.weights))
+def _torchvision_trained_path(cfg: Any, root: Path) -> Path:
     from posisp_dist.tasks.torchvision_train import torchvision_weights_path
 
     return torchvision_weights_path(cfg, root)
 
 
-def _torchvision_from_bytes(cfg: Any, classes: list[str], weights: Any, device: str | None) -> Any:
-    from posisp_dist.tasks.torchvision_models import from_config
+def _library(name: str, metrics: Any, description: str, load: Any, train: Any, trained_path: Any) -> TaskKind:
+    """A library model (ultralytics, torchvision) from the user's `weights`, or else trained here on the built-in
+    renders and cached: load(cfg, classes, path, device), train(cfg, root, progress) -> path,
+    trained_path(cfg, root) -> where `train` puts it."""
 
-    path = _scratch_file(weights, ".pt")
-    try:
-        return from_config(cfg, classes, path, device)
-    finally:
-        os.unlink(path)
+    def build(cfg: Any, root: Path, progress: bool, device: str | None) -> Any:
+        path = str(cfg.weights) if cfg.weights else train(cfg, root, progress)
+        return load(cfg, _classes(root), path, device)
 
+    def weights_path(cfg: Any, root: Path) -> Path:
+        return Path(str(cfg.weights)) if cfg.weights else trained_path(cfg, root)
 
-def _torchvision(name: str, metrics: Any, description: str) -> TaskKind:
-    return TaskKind(name, build=_build_torchvision, metrics=metrics, weights_path=_torchvision_weights,
-                    from_weights=_torchvision_from_bytes, description=description)
+    def from_weights(cfg: Any, classes: list[str], weights: Any, device: str | None) -> Any:
+        path = _scratch_file(weights, ".pt")
+        try:
+            return load(cfg, classes, path, device)
+        finally:
+            os.unlink(path)
+
+    return TaskKind(name, build=build, metrics=metrics, weights_path=weights_path, from_weights=from_weights,
+                    description=description)
 
 
 def _brightness(cfg: Any, classes: list[str]) -> Any:
@@ -152,13 +141,14 @@ def _brightness(cfg: Any, classes: list[str]) -> Any:
 BUILTIN_KINDS = (
     _builtin("builtin_detector", False, DETECTION_METRICS, "the built-in CenterNet-style detector"),
     _builtin("builtin_segmenter", True, SEGMENTATION_METRICS, "the built-in instance segmenter (detector + masks)"),
-    _torchvision("torchvision", DETECTION_METRICS, "a torchvision detection model (a builder + state_dict, a pickled "
-                 "model, or trained here)"),
-    _torchvision("torchvision_seg", SEGMENTATION_METRICS, "a torchvision Mask R-CNN (a builder + state_dict, a "
-                 "pickled model, or trained here)"),
-    _ultralytics("ultralytics", DETECTION_METRICS, "an ultralytics YOLO detector (user weights, or trained here)"),
-    _ultralytics("ultralytics_seg", SEGMENTATION_METRICS, "an ultralytics YOLO-seg model (user weights, or trained "
-                 "here)"),
+    _library("torchvision", DETECTION_METRICS, "a torchvision detection model (a builder + state_dict, a pickled "
+             "model, or trained here)", _torchvision_model, _torchvision_train, _torchvision_trained_path),
+    _library("torchvision_seg", SEGMENTATION_METRICS, "a torchvision Mask R-CNN (a builder + state_dict, a pickled "
+             "model, or trained here)", _torchvision_model, _torchvision_train, _torchvision_trained_path),
+    _library("ultralytics", DETECTION_METRICS, "an ultralytics YOLO detector (user weights, or trained here)", _yolo,
+             _yolo_train, _yolo_trained_path),
+    _library("ultralytics_seg", SEGMENTATION_METRICS, "an ultralytics YOLO-seg model (user weights, or trained "
+             "here)", _yolo, _yolo_train, _yolo_trained_path),
     TaskKind(
         "brightness_target",
         build=lambda cfg, root, progress, device: _brightness(cfg, _classes(root)),
