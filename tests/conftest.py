@@ -119,3 +119,22 @@ def no_network_script(tmp: Path) -> Path:
         socket.create_connection = socket.getaddrinfo = socket.gethostbyname = _refuse
     """))
     return guard
+
+
+def config_with_task(tiny_cfg: Config, task: dict) -> Config:
+    """The tiny config with another task section."""
+    raw = tiny_cfg.model_dump(mode="json")
+    raw["task"] = with_task(raw["task"], task)
+    return Config.model_validate(raw)
+
+
+def two_runner_yaml(tiny_cfg: Config, tmp: Path, task: dict) -> tuple[Path, str]:
+    """`tiny_train_yaml` with two EnvRunners and the task model shipped through the object store."""
+    import yaml
+
+    path, uri = tiny_train_yaml(tiny_cfg, tmp, task)
+    raw = yaml.safe_load(path.read_text())
+    raw["train"]["num_env_runners"] = 2
+    raw["data"]["transport"] = "object_store"
+    path.write_text(yaml.safe_dump(raw))
+    return path, uri

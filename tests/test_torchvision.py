@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, no_network_script, tiny_train_yaml, with_task
+from conftest import REPO, config_with_task, no_network_script, two_runner_yaml
 
 from posisp_dist.cli import main
 from posisp_dist.tasks import load_task_model
@@ -184,11 +184,7 @@ def tv_task(tiny_cfg, kind: str, **kw) -> dict:
 
 @pytest.fixture(scope="module", params=["torchvision", "torchvision_seg"])
 def trained(request, tiny_cfg, tiny_data):
-    from posisp_dist.config import Config
-
-    raw = tiny_cfg.model_dump(mode="json")
-    raw["task"] = with_task(raw["task"], tv_task(tiny_cfg, request.param))
-    cfg = Config.model_validate(raw)
+    cfg = config_with_task(tiny_cfg, tv_task(tiny_cfg, request.param))
     return cfg, load_task_model(cfg.task, tiny_data, progress=False, device="cpu")
 
 
@@ -235,14 +231,8 @@ def test_training_and_inference_open_no_socket(tiny_cfg, tiny_data, tmp_path):
 def test_two_iterations_of_posisp_train_in_two_env_runners(trained, tiny_cfg, ray_local, tmp_path):
     """The trained model shipped to two EnvRunner actors through the object store, the pathwise learner
     through the model's own loss, then `posisp eval` of the run."""
-    import yaml
-
     cfg, _ = trained
-    path, uri = tiny_train_yaml(tiny_cfg, tmp_path, cfg.task.model_dump(mode="json"))
-    raw = yaml.safe_load(path.read_text())
-    raw["train"]["num_env_runners"] = 2
-    raw["data"]["transport"] = "object_store"
-    path.write_text(yaml.safe_dump(raw))
+    path, uri = two_runner_yaml(tiny_cfg, tmp_path, cfg.task.model_dump(mode="json"))
     out = tmp_path / "summary.json"
     assert main(["train", "--config", str(path), "--eval", "val", "--quiet", "--json", str(out)]) == 0
     summary = json.loads(out.read_text())
