@@ -87,7 +87,7 @@ def train_torchvision(cfg: Any, data_root: str | Path, progress: bool = True) ->
             opt.step()
             sched.step()
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
