@@ -180,6 +180,8 @@ validating a config never imports user code)."""
 
 
 def task_fields(task: dict[str, Any], kind: str) -> dict[str, Any]:
-    """A task section's fields that another `kind` also has (for switching kinds in a config dict)."""
-    cls = BUILTIN_TASK_CONFIGS.get(kind, PluginTaskConfig)
-    return {k: v for k, v in task.items() if k in cls.model_fields}
+    """A task section's fields that another `kind` also has (for switching kinds in a config dict); a field
+    whose type differs between the two kinds (`train` of the built-in detector and of a YOLO) is not kept."""
+    old = BUILTIN_TASK_CONFIGS.get(task.get("kind", "builtin_detector"), PluginTaskConfig).model_fields
+    new = BUILTIN_TASK_CONFIGS.get(kind, PluginTaskConfig).model_fields
+    return {k: v for k, v in task.items() if k in new and (k not in old or old[k].annotation == new[k].annotation)}
