@@ -426,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, KeyError, TrackingError, ConnectionError) as e:
         print(f"posisp: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # SIGINT or SIGTERM (train/endings.py): one line, the run is already KILLED
-        from posisp_dist.train.endings import received_signal
+    except KeyboardInterrupt as e:  # SIGINT or SIGTERM (train/signals.py): one line, the run is already KILLED
+        from posisp_dist.train.signals import received_signal
 
         signum = int(getattr(e, "signum", 0) or received_signal() or signal.SIGINT)
         print(f"posisp: {e or 'interrupted'}; a training run in progress is marked KILLED", file=sys.stderr)

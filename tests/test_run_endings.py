@@ -4,6 +4,7 @@ on the console and no traceback."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -16,6 +17,7 @@ from test_fault_tolerance import _kill_session, _wait_for_iterations, driver_pro
 from posisp_dist.config import Config
 from posisp_dist.data.shards import DataError, RawDataset
 from posisp_dist.train.endings import data_error_of
+from posisp_dist.train.signals import Interrupted, signals_end_the_run
 from posisp_dist.train.tracking import END_REASON_TAG, Tracker
 
 
@@ -92,6 +94,28 @@ def test_a_signal_ends_the_run_killed_with_its_reason_and_no_traceback(
     assert run.info.status == "KILLED" and name in run.data.tags[END_REASON_TAG]
     text = log.read_text()
     assert "Traceback" not in text and f"stopped by {name}" in text
+
+
+def test_a_signal_during_a_store_call_is_raised_after_it_so_the_run_still_ends_killed(tmp_path, monkeypatch):
+    """A KeyboardInterrupt inside MLflow's SQLAlchemy transaction skipped its rollback and left the sqlite store
+    locked: the run stayed RUNNING (CI, SIGINT sent while the driver logged its params). The call finishes first."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "posisp")
+    store_set_tag, hits = tracker.client._client.set_tag, []
+
+    def set_tag_hit_by_sigint(run_id: str, key: str, value: str) -> None:
+        if not hits:
+            hits.append(key)
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the store call is in progress
+        store_set_tag(run_id, key, value)
+
+    monkeypatch.setattr(tracker.client._client, "set_tag", set_tag_hit_by_sigint)
+    with pytest.raises(Interrupted, match="SIGINT"), signals_end_the_run(), tracker:
+        run_id = tracker.start(run_name="x")
+        tracker.set_tags({"a": "1"})
+        pytest.fail("the signal was not raised when the store call ended")
+    run = tracker.get_run(run_id)
+    assert hits == ["a"] and run.data.tags["a"] == "1"  # the interrupted call finished
+    assert run.info.status == "KILLED" and "SIGINT" in run.data.tags[END_REASON_TAG]
 
 
 def test_a_finished_and_a_failed_run_record_why_they_ended(tmp_path):

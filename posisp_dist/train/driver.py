@@ -114,8 +114,8 @@ def train(
     injection in tests)."""
     from tqdm.auto import tqdm
 
-    from posisp_dist.train.endings import as_interrupted, signals_end_the_run
     from posisp_dist.train.report import final_report
+    from posisp_dist.train.signals import as_interrupted, signals_end_the_run
 
     if cfg is None and resume_run_id is None:
         raise ValueError("train needs a config, or a run id to resume")

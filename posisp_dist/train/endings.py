@@ -1,82 +1,19 @@
-"""How a training run ends when something outside the loop stops it: a signal, or a data error in an EnvRunner.
+"""How a training run ends when a data error in an EnvRunner stops it (signals: `train/signals.py`).
 
-- SIGTERM (`timeout`, a stopped batch job, `ray job stop`) and SIGINT raise `Interrupted`, a KeyboardInterrupt, in
-  the driver's main thread, so the tracker ends the MLflow run KILLED with the signal as its reason. `ray.init`
-  installs its own SIGTERM handler (`sys.exit`); the driver installs ours again after it.
-- A `DataError` (a corrupt shard) raised inside a remote EnvRunner is logged and then ignored by RLlib's fault
-  tolerance, which re-probes the runner and leaves its shards out of training. `EnvRunnerDataErrors` collects it
-  from that log record (RLlib 2.60's actor manager logs every remote error it ignores), so the driver fails the
-  run naming the file. An EnvRunner whose process died (RayActorError) is no data error: it restarts as before.
+A `DataError` (a corrupt shard) raised inside a remote EnvRunner is logged and then ignored by RLlib's fault
+tolerance, which re-probes the runner and leaves its shards out of training. `EnvRunnerDataErrors` collects it
+from that log record (RLlib 2.60's actor manager logs every remote error it ignores), so the driver fails the
+run naming the file. An EnvRunner whose process died (RayActorError) is no data error: it restarts as before.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from posisp_dist.data.shards import DataError
 
 ACTOR_MANAGER_LOGGER = "ray.rllib.utils.actor_manager"  # where RLlib logs the remote errors it ignores
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-_received: list[int] = []  # signals received inside `signals_end_the_run`, newest last
-
-
-def received_signal() -> int | None:
-    """The last signal that `signals_end_the_run` turned into `Interrupted`, if any."""
-    return _received[-1] if _received else None
-
-
-def as_interrupted(exc: KeyboardInterrupt) -> KeyboardInterrupt:
-    """`exc` with the signal that caused it: libraries (Ray's `get`, RLlib's actor manager) may raise a plain
-    KeyboardInterrupt anew while handling ours, which would lose which signal ended the run."""
-    if isinstance(exc, Interrupted) or not _received:
-        return exc
-    return Interrupted(_received[-1])
-
-
-class Interrupted(KeyboardInterrupt):
-    """The driver was told to stop by a signal; `signum` says which (the exit code is 128 + signum)."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = int(signum)
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-
-
-@contextmanager
-def signals_end_the_run() -> Iterator[Callable[[], None]]:
-    """SIGTERM and SIGINT raise `Interrupted` while inside; yields a function that installs the handlers again
-    (call it after `ray.init`). A repeated SIGTERM during the clean-up is ignored; a second SIGINT interrupts it.
-    Outside the main thread (where Python allows no handlers) it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
-        return
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
-    stopping: list[int] = []
-    _received.clear()
-
-    def handler(signum: int, frame: Any) -> None:
-        if stopping and signum == signal.SIGTERM:
-            return  # already ending the run (KILLED): let the clean-up finish
-        stopping.append(signum)
-        _received.append(signum)
-        raise Interrupted(signum)
-
-    def install() -> None:
-        for s in SIGNALS:
-            signal.signal(s, handler)
-
-    install()
-    try:
-        yield install
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def data_error_of(exc: Any) -> DataError | None:

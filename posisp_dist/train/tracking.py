@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 
 from posisp_dist.paths import resolve
+from posisp_dist.train.signals import uninterrupted
 
 PARAMS_PER_BATCH = 100  # MLflow's limit for params (and tags) in one log_batch
 METRICS_PER_BATCH = 1000  # MLflow's limit for metrics in one log_batch
@@ -121,6 +122,25 @@ def _metric_value(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
+class _WholeCalls:
+    """An MlflowClient whose every call runs whole: a stop signal that arrives during one is raised after it
+    (`train/signals.py`), so no store transaction is left half done and the run can still be ended KILLED."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with uninterrupted():
+                return attr(*args, **kwargs)
+
+        return call
+
+
 class Tracker:
     """One MLflow experiment on an explicit tracking URI; one active run at a time."""
 
@@ -143,7 +163,7 @@ class Tracker:
             location = resolve(artifact_root).as_uri()
         try:
             with _creation_lock(db):  # two first commands on a new store: one creates its tables, the other waits
-                self.client = MlflowClient(tracking_uri=uri)
+                self.client: Any = _WholeCalls(MlflowClient(tracking_uri=uri))
                 self.experiment_id = self._experiment(experiment, location)
         except Exception as exc:  # any failure here means the store cannot be used
             raise TrackingError(f"MLflow tracking store {uri} is unreachable: {exc}") from exc
