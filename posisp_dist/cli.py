@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -123,6 +124,16 @@ def cmd_bench_runtime(args: argparse.Namespace) -> int:
 
     result = runtime.run(load_config(args.config, parse_sets(args.set)), args.timesteps)
     print(runtime.format_rows(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_bench_loop(args: argparse.Namespace) -> int:
+    from posisp_dist.benchmarks import loop
+
+    result = loop.run(load_config(args.config, parse_sets(args.set)), args.timesteps, args.iterations)
+    result["command"] = shlex.join(["posisp", *sys.argv[1:]])
+    print(loop.format_rows(result))
     _write_json(args.json, result)
     return 0
 
@@ -415,6 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--timesteps", type=int, default=512, help="env steps sampled per measurement")
     br.add_argument("--json")
     br.set_defaults(fn=cmd_bench_runtime)
+    bl = bench.add_parser("loop", help="the training loop against its floor: task fwd+bwd, pathwise EnvRunner, "
+                          "whole iterations")
+    bl.add_argument("--config", default="configs/quick.yaml")
+    bl.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
+    bl.add_argument("--timesteps", type=int, default=128, help="pipelines one EnvRunner samples for (b)")
+    bl.add_argument("--iterations", type=int, default=3, help="timed training iterations for (c), after a warm-up")
+    bl.add_argument("--json")
+    bl.set_defaults(fn=cmd_bench_loop)
     return p
 
 

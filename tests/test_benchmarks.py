@@ -71,3 +71,24 @@ def test_runtime_bench_samples_an_env_runner_and_times_the_policy(tiny_cfg, tiny
     lat = runtime.policy_latency(tiny_cfg, batches=(1, 4), reps=2)
     assert [r["batch"] for r in lat] == [1, 4] and all(r["ms_per_image"] > 0 for r in lat)
     assert lat[0]["policy_params"] > 1000
+
+
+def test_loop_bench_measures_the_task_model_the_env_runner_and_whole_iterations_on_one_config(
+    tiny_cfg, tiny_data, tiny_task, ray_local
+):
+    from posisp_dist.benchmarks import loop
+    from posisp_dist.config import Config
+
+    raw = tiny_cfg.model_dump(mode="json")
+    raw["env"].update(preview_size=16, num_envs_per_runner=8)
+    raw["ppo"].update(train_batch_size=32, minibatch_size=16, num_epochs=1)
+    raw["train"].update(num_env_runners=1)
+    result = loop.run(Config.model_validate(raw), timesteps=16, iterations=1)
+    (row,) = result["rows"]
+    assert row["task"] == "builtin_detector" and row["num_env_runners"] == 1
+    for key in ("task_fwd_bwd_images_s", "pathwise_step_images_s", "iteration_images_s", "learner_seconds"):
+        assert 0 < row[key] < float("inf"), key
+    assert row["pathwise_vs_task"] == pytest.approx(row["pathwise_step_images_s"] / row["task_fwd_bwd_images_s"])
+    assert row["iteration_vs_pathwise"] == pytest.approx(row["iteration_images_s"] / row["pathwise_step_images_s"])
+    assert row["iteration_images_s"] == pytest.approx(32 / row["iteration_seconds"])
+    assert "(b)/(a)" in loop.format_rows(result)

@@ -44,7 +44,9 @@ def _builtin(name: str, segmenter: bool, metrics: Any, description: str) -> Task
 
     def build(cfg: Any, root: Path, progress: bool, device: str | None) -> Any:
         from posisp_dist.tasks.detector import load_or_train_detector
+        from posisp_dist.tasks.shipped import install_shipped
 
+        install_shipped(cfg, root, _model_class(segmenter))  # the default config's model ships with the package
         return load_or_train_detector(cfg, root, progress, device, _model_class(segmenter))
 
     def weights_path(cfg: Any, root: Path) -> Path:

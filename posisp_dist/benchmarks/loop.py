@@ -1,0 +1,131 @@
+"""The training loop against its floor, on the same images and frozen task model, in one run:
+
+(a) the task model's forward + backward alone (`loss_and_score` and the gradient w.r.t. its input images): the
+    unavoidable cost of one pathwise image;
+(b) one EnvRunner sampling with the pathwise learner (policy forward, ISP twin forward + backward, task model
+    forward + backward, reward, packing), torch on the EnvRunner's own core count;
+(c) whole training iterations on Ray (the EnvRunners sampling in parallel, the central learner's update, weight
+    sync), after a warm-up iteration.
+
+(a) and (b) are per EnvRunner; (c) is compared with (b) times the number of EnvRunners, the rate at which they
+sample side by side: (b)/(a) says what the pathwise step adds to the task model, (c)/(b) what the rest of the
+iteration (the learner, which the EnvRunners wait for, and the overheads) costs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from posisp_dist.benchmarks.isp import machine_info
+from posisp_dist.config import Config
+
+
+def _images(cfg: Config, n: int) -> tuple[Any, list[Any], Any]:
+    """`n` input renderings of the train split, their targets, and the frozen task model."""
+    from posisp_dist.data.build import build_dataset
+    from posisp_dist.data.shards import RawDataset
+    from posisp_dist.isp.render import input_raw
+    from posisp_dist.tasks import load_task_model
+    from posisp_dist.tasks.base import to_torch_nchw
+
+    build_dataset(cfg.data, cfg.seed, progress=False)
+    batch = RawDataset(cfg.data.root, "train").load(limit=n)
+    task = load_task_model(cfg.task, cfg.data.root, progress=False, device="cpu")
+    images = input_raw(batch.raw, batch.black_level, batch.white_level, batch.cfa, np)
+    return to_torch_nchw(images, "cpu"), batch.targets, task
+
+
+def task_fwd_bwd_images_s(cfg: Config, reps: int = 6) -> float:
+    """(a): `loss_and_score` + backward to the images, on the EnvRunner's batch (one env step of all its envs)."""
+    n = cfg.env.num_envs_per_runner
+    x, targets, task = _images(cfg, n)
+
+    def once() -> None:
+        xi = x.clone().requires_grad_(True)
+        loss, _ = task.loss_and_score(xi, targets)
+        loss.sum().backward()
+
+    once()  # warm-up
+    t = time.perf_counter()
+    for _ in range(reps):
+        once()
+    return n * reps / (time.perf_counter() - t)
+
+
+def pathwise_step_images_s(cfg: Config, timesteps: int) -> float:
+    """(b): one local EnvRunner (the driver's) sampling `timesteps` pipelines after a warm-up round."""
+    from posisp_dist.benchmarks.runtime import env_runner_steps_per_s
+
+    return float(env_runner_steps_per_s(cfg, cfg.isp.kernels, timesteps)["env_steps_per_s"])
+
+
+def iteration_images_s(cfg: Config, iterations: int) -> dict[str, float]:
+    """(c): `iterations` timed `algo.train()` calls after one warm-up, on a local Ray instance."""
+    import ray
+    from ray.rllib.utils.metrics import ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER, TIMERS
+
+    from posisp_dist.train.algo_config import build_algo_config
+    from posisp_dist.train.ray_local import init_ray
+
+    started = init_ray(cfg.train.ray_address)
+    algo = build_algo_config(cfg).build_algo()
+    try:
+        algo.train()  # warm-up: actors, data, task model, JIT
+        sample_s, learner_s = [], []
+        t = time.perf_counter()
+        for _ in range(iterations):
+            timers = algo.train().get(TIMERS, {})
+            sample_s.append(timers.get(ENV_RUNNER_SAMPLING_TIMER, float("nan")))
+            learner_s.append(timers.get(LEARNER_UPDATE_TIMER, float("nan")))
+        dt = time.perf_counter() - t
+    finally:
+        algo.stop()
+        if started:
+            ray.shutdown()
+    return {
+        "iteration_images_s": cfg.ppo.train_batch_size * iterations / dt,
+        "iteration_seconds": dt / iterations,
+        "sample_seconds": float(np.median(sample_s)),  # RLlib's timers (smoothed)
+        "learner_seconds": float(np.median(learner_s)),
+    }
+
+
+def run(cfg: Config, timesteps: int = 128, iterations: int = 3) -> dict[str, Any]:
+    """The three rates and their ratios for `cfg`'s task model (torch on the EnvRunner's cores for (a), (b))."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(cfg.train.num_cpus_per_env_runner)))
+    try:
+        a = task_fwd_bwd_images_s(cfg)
+        b = pathwise_step_images_s(cfg, timesteps)
+    finally:
+        torch.set_num_threads(threads)
+    c = iteration_images_s(cfg, iterations)
+    runners = max(1, cfg.train.num_env_runners)
+    row = {
+        "task": cfg.task.kind,
+        "image_size": cfg.data.image_size,
+        "num_env_runners": runners,
+        "torch_threads_per_env_runner": max(1, int(cfg.train.num_cpus_per_env_runner)),
+        "task_fwd_bwd_images_s": a,
+        "pathwise_step_images_s": b,
+        **c,
+        "pathwise_vs_task": b / a,
+        "iteration_vs_pathwise": c["iteration_images_s"] / (b * runners),
+    }
+    return {**machine_info(), "torch": torch.__version__, "rows": [row]}
+
+
+def format_rows(result: dict[str, Any]) -> str:
+    out = ["| task | (a) task fwd+bwd img/s | (b) pathwise EnvRunner img/s | (c) iteration img/s | s/iteration "
+           "(sample, learner) | (b)/(a) | (c)/(b×runners) |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        out.append(
+            f"| {r['task']} | {r['task_fwd_bwd_images_s']:.1f} | {r['pathwise_step_images_s']:.1f} | "
+            f"{r['iteration_images_s']:.1f} | {r['iteration_seconds']:.1f} ({r['sample_seconds']:.1f}, "
+            f"{r['learner_seconds']:.1f}) | {r['pathwise_vs_task']:.2f} | {r['iteration_vs_pathwise']:.2f} |"
+        )
+    return "\n".join(out)
