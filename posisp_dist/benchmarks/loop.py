@@ -14,7 +14,10 @@ iteration (the learner, which the EnvRunners wait for, and the overheads) costs.
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -94,22 +97,36 @@ def iteration_images_s(cfg: Config, iterations: int) -> dict[str, float]:
     }
 
 
-def run(cfg: Config, timesteps: int = 128, iterations: int = 3) -> dict[str, Any]:
-    """The three rates and their ratios for `cfg`'s task model (torch on the EnvRunner's cores for (a), (b))."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(cfg.train.num_cpus_per_env_runner)))
+@contextmanager
+def env_runner_share(cpus: int) -> Iterator[None]:
+    """This process computes on an EnvRunner's CPU share, as Ray gives it: torch's threads, and the fused ISP
+    kernels' Numba threads (read from OMP_NUM_THREADS on every call, `isp.fast_cpu._cpu_share`)."""
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(cpus)
+    os.environ["OMP_NUM_THREADS"] = str(cpus)
     try:
-        a = task_fwd_bwd_images_s(cfg)
-        b = pathwise_step_images_s(cfg, timesteps)
+        yield
     finally:
         torch.set_num_threads(threads)
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
+
+
+def run(cfg: Config, timesteps: int = 128, iterations: int = 3) -> dict[str, Any]:
+    """The three rates and their ratios for `cfg`'s task model ((a) and (b) on one EnvRunner's CPU share)."""
+    cpus = max(1, int(cfg.train.num_cpus_per_env_runner))
+    with env_runner_share(cpus):
+        a = task_fwd_bwd_images_s(cfg)
+        b = pathwise_step_images_s(cfg, timesteps)
     c = iteration_images_s(cfg, iterations)
     runners = max(1, cfg.train.num_env_runners)
     row = {
         "task": cfg.task.kind,
         "image_size": cfg.data.image_size,
         "num_env_runners": runners,
-        "torch_threads_per_env_runner": max(1, int(cfg.train.num_cpus_per_env_runner)),
+        "cpus_per_env_runner": cpus,
         "task_fwd_bwd_images_s": a,
         "pathwise_step_images_s": b,
         **c,

@@ -40,6 +40,9 @@ def bench_config(cfg: Config, runners: int, steps_per_runner: int) -> Config:
 
 def measure(cfg: Config, runners: int, iterations: int, warmup: int) -> dict[str, Any]:
     """Train n-runner PPO for warmup + iterations on a fresh 3-node cluster; rates over the measured ones."""
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
+    from ray.tune.result import TIME_THIS_ITER_S
+
     from posisp_dist.benchmarks.local_cluster import local_cluster
     from posisp_dist.data.transport import ship
     from posisp_dist.train.algo_config import build_algo_config
@@ -54,8 +57,8 @@ def measure(cfg: Config, runners: int, iterations: int, warmup: int) -> dict[str
         finally:
             algo.stop()
         head = cluster.head_node_id
-    steps = [float(r["env_runners"]["num_env_steps_sampled"]) for r in results]
-    wall = [float(r["time_this_iter_s"]) for r in results]
+    steps = [float(r[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED]) for r in results]
+    wall = [float(r[TIME_THIS_ITER_S]) for r in results]
     nodes = Counter(p["node_id"] for p in placement)
     return {
         "runners": runners,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,9 @@ def _builtin(name: str, segmenter: bool, metrics: Any, description: str) -> Task
         from posisp_dist.tasks.detector import load_or_train_detector
         from posisp_dist.tasks.shipped import install_shipped
 
-        install_shipped(cfg, root, _model_class(segmenter))  # the default config's model ships with the package
+        if install_shipped(cfg, root, _model_class(segmenter)) and progress:  # the default config's, in the package
+            print(f"{name.replace('_', ' ')}: the one shipped with posisp-dist for this data and training config "
+                  "(no training needed)", file=sys.stderr)
         return load_or_train_detector(cfg, root, progress, device, _model_class(segmenter))
 
     def weights_path(cfg: Any, root: Path) -> Path:

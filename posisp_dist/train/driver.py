@@ -39,26 +39,41 @@ from posisp_dist.train.tracking import Tracker, run_tags
 
 def iteration_metrics(result: dict[str, Any], state: DriverState) -> dict[str, float]:
     """RLlib's result dict -> the run's metrics under charts/, losses/ and isp/."""
-    from ray.rllib.utils.metrics import ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER
+    from ray.rllib.algorithms.ppo.ppo import LEARNER_RESULTS_KL_KEY, LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
+    from ray.rllib.utils.metrics import (
+        ENV_RUNNER_RESULTS,
+        ENV_RUNNER_SAMPLING_TIMER,
+        EPISODE_RETURN_MAX,
+        EPISODE_RETURN_MEAN,
+        LEARNER_RESULTS,
+        LEARNER_UPDATE_TIMER,
+        NUM_ENV_STEPS_SAMPLED,
+        TIMERS,
+    )
+    from ray.tune.result import TIME_THIS_ITER_S
 
-    runners, learner = result.get("env_runners", {}), result.get("learners", {}).get("default_policy", {})
-    timers = result.get("timers", {})
-    steps = float(runners.get("num_env_steps_sampled", 0) or 0)
-    dt = float(result.get("time_this_iter_s", 0) or 0)
+    from posisp_dist.train.pathwise import GRAD_NORM_KEY, PARAM_MEAN_KEY
+
+    runners, learner = result.get(ENV_RUNNER_RESULTS, {}), result.get(LEARNER_RESULTS, {}).get(DEFAULT_MODULE_ID, {})
+    timers = result.get(TIMERS, {})
+    steps = float(runners.get(NUM_ENV_STEPS_SAMPLED, 0) or 0)
+    dt = float(result.get(TIME_THIS_ITER_S, 0) or 0)
     out = {
-        "charts/episode_reward_mean": runners.get("episode_return_mean"),
-        "charts/episode_reward_max": runners.get("episode_return_max"),
+        "charts/episode_reward_mean": runners.get(EPISODE_RETURN_MEAN),
+        "charts/episode_reward_max": runners.get(EPISODE_RETURN_MAX),
         "charts/env_steps_per_s": steps / dt if dt > 0 else None,
         "charts/iteration_seconds": dt,
         "charts/iteration": state.iteration,
         "charts/episodes_total": state.episodes,  # training images (one episode = one image)
-        "losses/policy_loss": learner.get("policy_loss"),
-        "losses/vf_loss": learner.get("vf_loss"),
-        "losses/entropy": learner.get("entropy"),
-        "losses/kl": learner.get("mean_kl_loss"),
-        "losses/vf_explained_var": learner.get("vf_explained_var"),
-        "losses/pathwise_grad_norm": learner.get("pathwise_grad_norm"),
-        "losses/pathwise_param_mean": learner.get("pathwise_param_mean"),
+        "losses/policy_loss": learner.get(POLICY_LOSS_KEY),
+        "losses/vf_loss": learner.get(VF_LOSS_KEY),
+        "losses/entropy": learner.get(ENTROPY_KEY),
+        "losses/kl": learner.get(LEARNER_RESULTS_KL_KEY),
+        "losses/vf_explained_var": learner.get(LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY),
+        "losses/pathwise_grad_norm": learner.get(GRAD_NORM_KEY),
+        "losses/pathwise_param_mean": learner.get(PARAM_MEAN_KEY),
         "isp/module_runs_total": state.module_runs,
         "isp/task_calls_total": state.task_calls,
         "isp/task_images_total": state.task_images,
@@ -165,6 +180,8 @@ def _device(cfg: Config) -> str:
 def _train_loop(
     cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm: Any, on_iteration: Any = None
 ) -> dict[str, Any]:
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED, NUM_EPISODES
+
     from posisp_dist.train.algo_config import build_algo_config
     from posisp_dist.train.endings import EnvRunnerDataErrors
     from posisp_dist.train.runners import restart_events
@@ -201,10 +218,10 @@ def _train_loop(
                 data_errors.raise_if_any(exc)
                 raise
             data_errors.raise_if_any()  # before this iteration, trained on part of the data, is checkpointed
-            runners = result.get("env_runners", {})
+            runners = result.get(ENV_RUNNER_RESULTS, {})
             state.iteration += 1
-            state.env_steps += _count(runners, "num_env_steps_sampled")
-            state.episodes += _count(runners, "num_episodes")
+            state.env_steps += _count(runners, NUM_ENV_STEPS_SAMPLED)
+            state.episodes += _count(runners, NUM_EPISODES)
             state.module_runs += _count(runners, "isp/module_runs")
             state.task_calls += _count(runners, "isp/task_calls")
             state.task_images += _count(runners, "isp/task_images")

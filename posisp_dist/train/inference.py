@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 
 from envs.core import area_downsample
 from posisp_dist.config import Config
 from posisp_dist.isp.executor import ISPExecutor
 from posisp_dist.isp.xp import to_numpy
 
-MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module" / "default_policy"
+MODULE_SUBDIR = Path(COMPONENT_LEARNER_GROUP) / COMPONENT_LEARNER / COMPONENT_RL_MODULE / DEFAULT_MODULE_ID
 
 
 def load_policy(checkpoint: str | Path) -> Any:

@@ -34,6 +34,7 @@ from posisp_dist.policy.rl_module import PATHWISE_PARAMS
 
 PARAM_GRAD = "param_grad"  # infos key and train-batch column: (P,) dL/d(normalised params) per timestep
 PATHWISE_OPTIMIZER = "pathwise"
+GRAD_NORM_KEY, PARAM_MEAN_KEY = "pathwise_grad_norm", "pathwise_param_mean"  # the learner's own results
 
 
 class AddParamGradToBatch(ConnectorV2):
@@ -73,13 +74,13 @@ class PathwisePPOLearner(PPOTorchLearner):
 
     @override(PPOTorchLearner)
     def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
-        net = self._module[module_id].unwrapped().net
+        net = self.module[module_id].unwrapped().net
         if not net.pathwise:
             return super().configure_optimizers_for_module(module_id, config)
         param_net = [*net.param_encoder.parameters(), *net.param_out.parameters()]
         ids = {id(p) for p in param_net}
-        rest = [p for p in self.get_parameters(self._module[module_id]) if id(p) not in ids]
-        lr = float(self._module[module_id].unwrapped().model_config.get("pathwise_lr", 1e-3))
+        rest = [p for p in self.get_parameters(self.module[module_id]) if id(p) not in ids]
+        lr = float(self.module[module_id].unwrapped().model_config.get("pathwise_lr", 1e-3))
         self.register_optimizer(
             module_id=module_id, optimizer=torch.optim.Adam(rest), params=rest, lr_or_lr_schedule=config.lr
         )
@@ -108,8 +109,8 @@ class PathwisePPOLearner(PPOTorchLearner):
             params, grad = params[mask], grad[mask]
         self.metrics.log_dict(
             {
-                "pathwise_grad_norm": grad.norm(dim=-1).mean(),
-                "pathwise_param_mean": params.detach().mean(),
+                GRAD_NORM_KEY: grad.norm(dim=-1).mean(),
+                PARAM_MEAN_KEY: params.detach().mean(),
             },
             key=module_id,
             window=1,
