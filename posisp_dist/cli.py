@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--config", default="configs/quick.yaml")
     bl.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
     bl.add_argument("--timesteps", type=int, default=128, help="pipelines one EnvRunner samples for (b)")
-    bl.add_argument("--iterations", type=int, default=3, help="timed training iterations for (c), after a warm-up")
+    bl.add_argument("--iterations", type=int, default=5, help="timed training iterations for (c), after a warm-up")
     bl.add_argument("--json")
     bl.set_defaults(fn=cmd_bench_loop)
     return p
