@@ -131,7 +131,10 @@ def cmd_bench_runtime(args: argparse.Namespace) -> int:
 def cmd_bench_loop(args: argparse.Namespace) -> int:
     from posisp_dist.benchmarks import loop
 
-    result = loop.run(load_config(args.config, parse_sets(args.set)), args.timesteps, args.iterations)
+    configs = [load_config(path, parse_sets(args.set)) for path in args.config]  # all checked before any runs
+    results = [loop.run(cfg, args.timesteps, args.iterations) for cfg in configs]
+    rows = [{"config": path, **row} for path, r in zip(args.config, results, strict=True) for row in r["rows"]]
+    result = {**results[0], "rows": rows}
     result["command"] = shlex.join(["posisp", *sys.argv[1:]])
     print(loop.format_rows(result))
     _write_json(args.json, result)
@@ -428,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     br.set_defaults(fn=cmd_bench_runtime)
     bl = bench.add_parser("loop", help="the training loop against its floor: task fwd+bwd, pathwise EnvRunner, "
                           "whole iterations")
-    bl.add_argument("--config", default="configs/quick.yaml")
+    bl.add_argument("--config", nargs="+", default=["configs/quick.yaml"], help="one row per config")
     bl.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
     bl.add_argument("--timesteps", type=int, default=128, help="pipelines one EnvRunner samples for (b)")
     bl.add_argument("--iterations", type=int, default=5, help="timed training iterations for (c), after a warm-up")

@@ -3,6 +3,8 @@ every benchmark produces its rows (figures themselves live in bench/README.md, n
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,26 @@ def test_loop_bench_measures_the_task_model_the_env_runner_and_whole_iterations_
     assert row["iteration_vs_pathwise"] == pytest.approx(row["iteration_images_s"] / row["pathwise_step_images_s"])
     assert row["iteration_images_s"] == pytest.approx(32 / row["iteration_seconds"])
     assert "(b)/(a)" in loop.format_rows(result)
+
+
+def test_bench_loop_writes_one_row_per_config_named_by_its_file(tmp_path, monkeypatch):
+    from posisp_dist import cli
+    from posisp_dist.benchmarks import loop
+
+    seen = []
+
+    def fake_run(cfg, timesteps, iterations):  # the rates themselves are measured in the test above
+        seen.append((cfg.task.kind, timesteps, iterations))
+        return {"machine": "x", "rows": [{"task": cfg.task.kind, "task_fwd_bwd_images_s": 2.0,
+                                          "pathwise_step_images_s": 1.0, "iteration_images_s": 1.5,
+                                          "iteration_seconds": 1.0, "pathwise_vs_task": 0.5,
+                                          "iteration_vs_pathwise": 0.75}]}
+
+    monkeypatch.setattr(loop, "run", fake_run)
+    out = tmp_path / "loop.json"
+    configs = ["configs/quick.yaml", "configs/quick-yolo.yaml"]
+    assert cli.main(["bench", "loop", "--config", *configs, "--iterations", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["config"] for r in result["rows"]] == configs
+    assert seen == [("builtin_detector", 128, 2), ("ultralytics", 128, 2)]
+    assert result["command"].startswith("posisp ")

@@ -17,7 +17,7 @@ from test_fault_tolerance import _kill_session, _wait_for_iterations, driver_pro
 from posisp_dist.config import Config
 from posisp_dist.data.shards import DataError, RawDataset
 from posisp_dist.train.endings import data_error_of
-from posisp_dist.train.signals import Interrupted, signals_end_the_run
+from posisp_dist.train.signals import Interrupted, signals_end_the_run, uninterrupted
 from posisp_dist.train.tracking import END_REASON_TAG, Tracker
 
 
@@ -116,6 +116,14 @@ def test_a_signal_during_a_store_call_is_raised_after_it_so_the_run_still_ends_k
     run = tracker.get_run(run_id)
     assert hits == ["a"] and run.data.tags["a"] == "1"  # the interrupted call finished
     assert run.info.status == "KILLED" and "SIGINT" in run.data.tags[END_REASON_TAG]
+
+
+def test_a_held_back_signal_outranks_the_error_of_the_call_it_waited_for():
+    """A store call that fails after the signal arrived must not swallow the stop (the caller may go on)."""
+    with signals_end_the_run(), pytest.raises(Interrupted, match="SIGTERM") as info, uninterrupted():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise OSError("the store went away")
+    assert isinstance(info.value.__context__, OSError)
 
 
 def test_a_finished_and_a_failed_run_record_why_they_ended(tmp_path):

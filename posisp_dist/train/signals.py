@@ -56,10 +56,10 @@ def uninterrupted() -> Iterator[None]:
         yield
     finally:
         _depth[0] -= 1
-    if not _depth[0] and _pending:  # reached only when the block itself ended without an exception
-        signum = _pending[-1]
-        _pending.clear()
-        raise Interrupted(signum)
+        if not _depth[0] and _pending:  # also when the block failed: the stop outranks its error (kept as context)
+            signum = _pending[-1]
+            _pending.clear()
+            raise Interrupted(signum)
 
 
 @contextmanager
