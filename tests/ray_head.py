@@ -18,11 +18,20 @@ from pathlib import Path
 
 import ray  # noqa: F401  (puts Ray's vendored psutil on sys.path)
 
+from posisp_dist.train.ray_local import LOCAL_ONLY_ENV
+
 OBJECT_STORE_BYTES = 150 * 1024 * 1024  # each raylet's plasma store; Ray's default is 30 % of RAM
 # Ray 2.60 turns token auth on for `ray start` when ~/.ray/auth_token exists (left by any earlier local
 # ray.init), but a driver given an explicit address only uses it with RAY_AUTH_MODE=token: pin the mode so the
 # tests behave the same on every machine. Clients of the head (drivers, job CLI) get the same variable.
 CLIENT_ENV = {"RAY_AUTH_MODE": "disabled"}
+
+
+def cluster_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a cluster process or a driver joining one: no RAY_ADDRESS, and not the
+    local-only mode that a local Ray of this test process (`ray_local`) leaves in the environment."""
+    drop = {"RAY_ADDRESS", LOCAL_ONLY_ENV}
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **CLIENT_ENV, **(extra or {})}
 
 
 RESULT = "POSISP-RESULT "  # a driver prints its answer after this tag; Ray may print more lines after it
@@ -92,8 +101,7 @@ class RayHead:
 
     def start(self, env: dict[str, str] | None = None, timeout_s: float = 90) -> RayHead:
         """Start and wait until the GCS (and the dashboard's jobs API) answer; raise with the log otherwise."""
-        full_env = {**os.environ, **CLIENT_ENV, **(env or {})}
-        full_env.pop("RAY_ADDRESS", None)
+        full_env = cluster_env(env)
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 self.cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True

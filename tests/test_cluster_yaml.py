@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray_head import CLIENT_ENV, RayHead, driver_result
+from ray_head import RayHead, cluster_env, driver_result
 
 from posisp_dist.cluster import ClusterConfigError, validate_cluster_yaml
 from posisp_dist.config import load_config
@@ -142,9 +142,7 @@ def test_local_autoscaling_adds_a_worker_node_when_envrunners_need_more_cpus(tmp
 
 
 def _env() -> dict[str, str]:
-    import os
-
-    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **CLIENT_ENV}
+    return cluster_env()
 
 
 def _monitor_log(head: RayHead) -> str:
