@@ -128,6 +128,21 @@ def cmd_bench_runtime(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_task_ship(args: argparse.Namespace) -> int:
+    from posisp_dist.data.build import build_dataset
+    from posisp_dist.data.shards import RawDataset
+    from posisp_dist.tasks import shipped
+
+    cfg = load_config(args.config)
+    build_dataset(cfg.data, cfg.seed, progress=False)
+    path, same = shipped.retrain(cfg.task, RawDataset(cfg.data.root, "train"), args.check)
+    if args.check:
+        print(f"{path.name}: {'identical to' if same else 'DIFFERS from'} the shipped file")
+    else:
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and its entry in {shipped.MANIFEST.name}")
+    return 0 if same else 1
+
+
 def cmd_bench_loop(args: argparse.Namespace) -> int:
     from posisp_dist.benchmarks import loop
 
@@ -408,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("files", nargs="+", help="e.g. cluster/aws-gpu.yaml")
     cc.set_defaults(fn=cmd_cluster_check)
 
+    task = sub.add_parser("task", help="task-model commands").add_subparsers(dest="task_command", required=True)
+    ts = task.add_parser("ship", help="retrain a config's built-in task model from scratch and ship it in the package")
+    ts.add_argument("--config", default="configs/quick.yaml")
+    ts.add_argument("--check", action="store_true", help="compare with the shipped file instead of writing it")
+    ts.set_defaults(fn=cmd_task_ship)
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     bi = bench.add_parser("isp", help="ISP module and pipeline throughput (NumPy, and CuPy when present)")
     bi.add_argument("--sizes", type=int, nargs="+", default=[256, 512])

@@ -78,3 +78,20 @@ def test_the_shipped_detector_is_the_default_configs_model_trained_on_its_data(t
     found = shipped.shipped_for(path, train)
     assert found is not None, f"{path.name} is not shipped or went stale: run `{shipped.COMMAND}`"
     assert found.stat().st_size < 4e6  # a few MB at most inside the package
+
+
+def test_retraining_ships_the_cached_models_weights_and_a_check_finds_them_identical(
+    tiny_cfg, tiny_data, tiny_task, tmp_path, monkeypatch
+):
+    import torch
+
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "weights")
+    monkeypatch.setattr(shipped, "MANIFEST", tmp_path / "weights" / "MANIFEST.json")
+    train = RawDataset(tiny_data, "train")
+    path, _ = shipped.retrain(tiny_cfg.task, train)
+    assert path.name in json.loads(shipped.MANIFEST.read_text())
+    state = torch.load(path, weights_only=True)  # training is deterministic: the cache's model, tensor by tensor
+    assert all(torch.equal(state[k], v) for k, v in tiny_task.net.state_dict().items())
+    assert shipped.retrain(tiny_cfg.task, train, check=True) == (path, True)
+    with pytest.raises(ValueError, match="ultralytics"):
+        shipped.retrain(tiny_cfg.task.model_copy(update={"kind": "ultralytics"}), train)

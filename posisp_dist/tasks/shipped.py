@@ -9,12 +9,11 @@ and the model is trained here as before. `posisp seeds` still trains one per see
 seed 0 is shipped.
 
 Reproduce (trains from scratch, ignoring every cache, and writes or checks the shipped file):
-    python3 -m posisp_dist.tasks.shipped --config configs/quick.yaml [--check]
+    posisp task ship --config configs/quick.yaml [--check]
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -32,7 +31,7 @@ MODEL_CLASSES: dict[str, type[BuiltinDetector]] = {"builtin_detector": BuiltinDe
                                                    "builtin_segmenter": BuiltinSegmenter}
 SHIPPED_DIR = Path(__file__).parent / "weights"
 MANIFEST = SHIPPED_DIR / "MANIFEST.json"
-COMMAND = "python3 -m posisp_dist.tasks.shipped --config configs/quick.yaml"
+COMMAND = "posisp task ship --config configs/quick.yaml"
 
 
 def _sha256_file(path: Path) -> str:
@@ -95,33 +94,23 @@ def ship(name: str, state: dict[str, Any], train: RawDataset, info: dict[str, An
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    from posisp_dist.config import load_config
-    from posisp_dist.data.build import build_dataset
-
-    ap = argparse.ArgumentParser(description="train the config's built-in task model from scratch and ship it")
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--check", action="store_true", help="compare with the shipped file instead of writing it")
-    args = ap.parse_args(argv)
-    cfg = load_config(args.config)
-    cls = MODEL_CLASSES[cfg.task.kind]
-    build_dataset(cfg.data, cfg.seed, progress=False)
-    train = RawDataset(cfg.data.root, "train")
-    name = detector_path(cfg.task, train, cls).name
-    net, info = train_detector(cfg.task, train, progress=True, cls=cls)
-    if args.check:
-        scratch = SHIPPED_DIR / f"{name}.check"
-        torch.save(net.state_dict(), scratch)
-        same = _sha256_file(scratch) == _manifest().get(name, {}).get("sha256")
-        scratch.unlink()
-        print(f"{name}: {'identical to' if same else 'DIFFERS from'} the shipped file")
-        return 0 if same else 1
+def retrain(cfg: Any, train: RawDataset, check: bool = False) -> tuple[Path, bool]:
+    """Train task config `cfg`'s built-in model from scratch on `train` (no cache, nothing shipped is used). With
+    `check`, compare it with the shipped file -> (that file, identical?); else ship it -> (the new file, True)."""
+    if cfg.kind not in MODEL_CLASSES:
+        raise ValueError(f"only the built-in task models ship with the package ({', '.join(MODEL_CLASSES)}); "
+                         f"task.kind is {cfg.kind!r}")
+    cls = MODEL_CLASSES[cfg.kind]
+    name = detector_path(cfg, train, cls).name
+    net, info = train_detector(cfg, train, progress=True, cls=cls)
+    if check:  # the weights, tensor by tensor (a file's bytes also hold its own name: torch.save's archive)
+        found = SHIPPED_DIR / name
+        if not found.exists():
+            return found, False
+        shipped = torch.load(found, map_location="cpu", weights_only=True)
+        state = net.state_dict()
+        same = shipped.keys() == state.keys() and all(torch.equal(shipped[k], state[k]) for k in state)
+        return found, same
     info = {"train_seconds": round(info["train_seconds"], 1), "final_loss": info["final_loss"],
             "classes": train.classes}
-    out = ship(name, net.state_dict(), train, info)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return ship(name, net.state_dict(), train, info), True
