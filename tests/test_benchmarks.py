@@ -76,8 +76,10 @@ def test_runtime_bench_samples_an_env_runner_and_times_the_policy(tiny_cfg, tiny
 
 
 def test_loop_bench_measures_the_task_model_the_env_runner_and_whole_iterations_on_one_config(
-    tiny_cfg, tiny_data, tiny_task, ray_local
+    tiny_cfg, tiny_data, tiny_task
 ):
+    """It starts and stops its own local Ray, as the command does (not the session's `ray_local`, which would
+    stay up in this process through the cluster tests that follow)."""
     from posisp_dist.benchmarks import loop
     from posisp_dist.config import Config
 
