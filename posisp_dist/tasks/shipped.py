@@ -1,5 +1,5 @@
 """Trained built-in task models shipped inside the package, so the README's first command skips the one-off
-training (about 8 of its minutes on 2 CPU cores).
+training (about 4.5 minutes on 2 CPU cores).
 
 A shipped file is used only where training would have produced it: its name is the cache file's name (the data
 config, the seed and the training settings, `detector.detector_path`), and `MANIFEST.json` records the SHA-256
