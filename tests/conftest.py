@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -119,6 +120,35 @@ def no_network_script(tmp: Path) -> Path:
         socket.create_connection = socket.getaddrinfo = socket.gethostbyname = _refuse
     """))
     return guard
+
+
+def run_guarded_pathwise(tmp: Path, config_class: str, task: dict, data: Path, images: int,
+                         env: dict[str, str], timeout: float) -> str:
+    """In a fresh process under the no-network guard: build the task model from `task` (a `config_class` section)
+    through the registry, run its pathwise call (loss, backward to the images) and its evaluation on `images` val
+    images; -> its stdout (it prints its torch thread count). Fails naming what the process printed or tried."""
+    import subprocess
+
+    script = tmp / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch, numpy as np
+        from posisp_dist.config import {config_class}
+        from posisp_dist.data.shards import RawDataset
+        from posisp_dist.tasks import load_task_model
+        cfg = {config_class}.model_validate({task!r})
+        model = load_task_model(cfg, {str(data)!r}, progress=False, device="cpu")
+        b = RawDataset({str(data)!r}, "val").load(limit={images})
+        x = torch.from_numpy(b.srgb.astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+        loss, score = model.loss_and_score(x, b.targets)
+        loss.sum().backward()
+        model.evaluate(x.detach().permute(0, 2, 3, 1).numpy(), b.targets)
+        print("threads", torch.get_num_threads())
+    """))
+    env = {**env, "PYTHONPATH": f"{no_network_script(tmp)}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp / "attempts.txt").exists(), (tmp / "attempts.txt").read_text()
+    return done.stdout
 
 
 def config_with_task(tiny_cfg: Config, task: dict) -> Config:

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, config_with_task, no_network_script, two_runner_yaml
+from conftest import config_with_task, run_guarded_pathwise, two_runner_yaml
 
 from posisp_dist.cli import main
 from posisp_dist.tasks import load_task_model
@@ -208,25 +205,7 @@ def test_training_and_inference_open_no_socket(tiny_cfg, tiny_data, tmp_path):
     """A fresh process, guarded (any socket connection or DNS lookup is recorded and refused): trains a light
     Mask R-CNN through the registry and runs its pathwise call."""
     task = {**tv_task(tiny_cfg, "torchvision_seg"), "cache_dir": str(tmp_path / "models")}
-    script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
-        import torch, numpy as np
-        from posisp_dist.config import TorchvisionTaskConfig
-        from posisp_dist.data.shards import RawDataset
-        from posisp_dist.tasks import load_task_model
-        cfg = TorchvisionTaskConfig.model_validate({task!r})
-        model = load_task_model(cfg, {str(tiny_data)!r}, progress=False, device="cpu")
-        b = RawDataset({str(tiny_data)!r}, "val").load(limit=2)
-        x = torch.from_numpy(b.srgb.astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
-        loss, score = model.loss_and_score(x, b.targets)
-        loss.sum().backward()
-        model.evaluate(x.detach().permute(0, 2, 3, 1).numpy(), b.targets)
-    """))
-    env = {**os.environ, "PYTHONPATH": f"{no_network_script(tmp_path)}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert not (tmp_path / "attempts.txt").exists(), (tmp_path / "attempts.txt").read_text()
-
+    run_guarded_pathwise(tmp_path, "TorchvisionTaskConfig", task, tiny_data, 2, dict(os.environ), timeout=900)
 
 def test_two_iterations_of_posisp_train_in_two_env_runners(trained, tiny_cfg, ray_local, tmp_path):
     """The trained model shipped to two EnvRunner actors through the object store, the pathwise learner

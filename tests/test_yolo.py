@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, config_with_task, no_network_script, two_runner_yaml
+from conftest import config_with_task, run_guarded_pathwise, two_runner_yaml
 
 from posisp_dist.cli import main
 from posisp_dist.tasks import load_task_model
@@ -247,32 +244,14 @@ def test_training_and_inference_open_no_socket_and_leave_home_alone(tiny_cfg, ti
     home.mkdir()
     task = {**yolo_task(tiny_cfg, "ultralytics_seg"), "cache_dir": str(tmp_path / "models"),
             "train": {**TINY, "epochs": 1}}
-    script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
-        import torch, numpy as np
-        from posisp_dist.config import UltralyticsTaskConfig
-        from posisp_dist.data.shards import RawDataset
-        from posisp_dist.tasks import load_task_model
-        cfg = UltralyticsTaskConfig.model_validate({task!r})
-        model = load_task_model(cfg, {str(tiny_data)!r}, progress=False, device="cpu")
-        b = RawDataset({str(tiny_data)!r}, "val").load(limit=4)
-        x = torch.from_numpy(b.srgb.astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
-        loss, score = model.loss_and_score(x, b.targets)
-        loss.sum().backward()
-        model.evaluate(x.detach().permute(0, 2, 3, 1).numpy(), b.targets)
-        print("threads", torch.get_num_threads())
-    """))
     env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}
-    env.update(HOME=str(home), PYTHONPATH=f"{no_network_script(tmp_path)}{os.pathsep}{REPO}", OMP_NUM_THREADS="1",
-               TMPDIR=str(tmp_path))
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert not (tmp_path / "attempts.txt").exists(), (tmp_path / "attempts.txt").read_text()
+    env.update(HOME=str(home), TMPDIR=str(tmp_path))
+    out = run_guarded_pathwise(tmp_path, "UltralyticsTaskConfig", task, tiny_data, 4, env, timeout=600)
     # no ultralytics settings, datasets, weights or runs folder in the user's home (matplotlib, which the project
     # plots with, keeps its own font cache there, as for any matplotlib user)
     written = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
     assert all(p.startswith((".cache/matplotlib", ".config/matplotlib")) for p in written), written
-    assert "threads 1" in done.stdout  # the caller's thread count survives ultralytics' import and trainer
+    assert "threads 1" in out  # the caller's thread count survives ultralytics' import and trainer
     assert (tmp_path / f"posisp-ultralytics-{os.getuid()}").is_dir()  # its settings went to the private folder
 
 
