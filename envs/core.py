@@ -197,7 +197,8 @@ class ISPTaskCore:
             loss, score = self.task.loss_and_score(out, targets)
             if self.use_brightness:
                 loss = loss + penalty(out)
-            (grad,) = torch.autograd.grad(loss.sum(), p)
+            # a batch of STOP-only pipelines leaves the loss without a path to the params: their gradient is 0
+            (grad,) = torch.autograd.grad(loss.sum(), p) if loss.requires_grad else (torch.zeros_like(p),)
         if not bool(torch.isfinite(grad).all()):
             raise FloatingPointError(
                 f"non-finite pathwise gradient for images {[int(self.batch.ids[i]) for i in idx]} "

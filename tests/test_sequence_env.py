@@ -113,3 +113,16 @@ def test_vector_env_batches_one_executor_and_task_call(core):
         assert single.reward[0] == pytest.approx(rew[i], abs=1e-5)
     _, rew2, term2, _, _ = venv.step(actions)  # NEXT_STEP autoreset
     assert not term2.any() and (rew2 == 0).all()
+
+
+def test_a_batch_of_stop_only_pipelines_has_zero_parameter_gradient(core):
+    """The pathwise step on pipelines that run no module: reward 0 and a zero gradient (no path to the params),
+    not an autograd error that ends the EnvRunner's round."""
+    stop = np.full((3, 4), R.n_modules)
+    res = core.evaluate(np.arange(3), stop, np.full((3, 27), 0.5, np.float32), param_grad=True)
+    np.testing.assert_array_equal(res.reward, 0.0)
+    assert res.param_grad.shape == (3, 27) and not res.param_grad.any()
+    mixed = stop.copy()
+    mixed[1, 0] = 0  # one exposure: that row's gradient is real, the others stay 0
+    res = core.evaluate(np.arange(3), mixed, np.full((3, 27), 0.5, np.float32), param_grad=True)
+    assert res.param_grad[1].any() and not res.param_grad[[0, 2]].any()

@@ -258,36 +258,40 @@ def _sharpen(xp_: np.ndarray, factor: np.ndarray, out: np.ndarray) -> None:
             out[b, y, i] = _clip(f * c + (F1 - f) * (ring + np.float32(5.0) * c) * np.float32(1 / 13))
 
 
+@_inline
+def _patch_sums(grey_pad, b, y0, nrows, dy, dx, search, diff, rowsum):  # noqa: ANN001
+    """rowsum[r] = the 5-wide sums of the squared grey difference to offset (dy, dx) for rows y0 - 2 ..
+    y0 + nrows + 1 (edge-replicated, like the reference's box filter); summing 5 of them gives a 5x5 patch."""
+    h, w = grey_pad.shape[1] - 2 * search, grey_pad.shape[2] - 2 * search
+    for r in range(nrows + 4):
+        yy = min(max(y0 - 2 + r, 0), h - 1)
+        g_c, g_o = grey_pad[b, yy + search, search:], grey_pad[b, yy + dy, dx:]
+        for xx in range(w):
+            v = g_c[xx] - g_o[xx]
+            diff[xx + 2] = v * v
+        diff[0], diff[1], diff[w + 2], diff[w + 3] = diff[2], diff[2], diff[w + 1], diff[w + 1]
+        rs = rowsum[r]
+        for xx in range(w):
+            rs[xx] = diff[xx] + diff[xx + 1] + diff[xx + 2] + diff[xx + 3] + diff[xx + 4]
+
+
 @_jit
 def _nlm(grey_pad, planes_pad, inv_h, search, rows_per_job, out):  # noqa: ANN001
     """Grey-guided NLM with 5x5 patches on colour planes. Jobs are (image, block of rows); a job loops over
-    the search offsets, forms the squared grey difference of its rows plus a 2-pixel halo (edge-replicated
-    like the reference's box filter), box-filters it separably and accumulates the weights exp(-mean / h).
-    Every inner loop is unit-stride so that it vectorises."""
+    the search offsets, forms the squared grey difference of its rows plus a 2-pixel halo, box-filters it
+    separably (`_patch_sums`) and accumulates the weights exp(-mean / h). Every inner loop is unit-stride
+    so that it vectorises."""
     bsz, h, w = out.shape[0], out.shape[2], out.shape[3]
     blocks = (h + rows_per_job - 1) // rows_per_job
     for job in nb.prange(bsz * blocks):
-        b, blk = job // blocks, job % blocks
-        y0 = blk * rows_per_job
+        b, y0 = job // blocks, (job % blocks) * rows_per_job
         nrows = min(y0 + rows_per_job, h) - y0
         scale = inv_h[b] * np.float32(1 / 25)
-        diff = np.empty(w + 4, np.float32)
-        rowsum = np.empty((nrows + 4, w), np.float32)
-        wt = np.empty(w, np.float32)
-        acc = np.zeros((3, nrows, w), np.float32)
-        wsum = np.zeros((nrows, w), np.float32)
+        diff, rowsum, wt = np.empty(w + 4, np.float32), np.empty((nrows + 4, w), np.float32), np.empty(w, np.float32)
+        acc, wsum = np.zeros((3, nrows, w), np.float32), np.zeros((nrows, w), np.float32)
         for dy in range(2 * search + 1):
             for dx in range(2 * search + 1):
-                for r in range(nrows + 4):
-                    yy = min(max(y0 - 2 + r, 0), h - 1)
-                    g_c, g_o = grey_pad[b, yy + search, search:], grey_pad[b, yy + dy, dx:]
-                    for xx in range(w):
-                        v = g_c[xx] - g_o[xx]
-                        diff[xx + 2] = v * v
-                    diff[0], diff[1], diff[w + 2], diff[w + 3] = diff[2], diff[2], diff[w + 1], diff[w + 1]
-                    rs = rowsum[r]
-                    for xx in range(w):
-                        rs[xx] = diff[xx] + diff[xx + 1] + diff[xx + 2] + diff[xx + 3] + diff[xx + 4]
+                _patch_sums(grey_pad, b, y0, nrows, dy, dx, search, diff, rowsum)
                 for r in range(nrows):
                     r0, r1, r2, r3, r4 = rowsum[r], rowsum[r + 1], rowsum[r + 2], rowsum[r + 3], rowsum[r + 4]
                     ws = wsum[r]
@@ -303,6 +307,48 @@ def _nlm(grey_pad, planes_pad, inv_h, search, rows_per_job, out):  # noqa: ANN00
                 dst, ac, ws = out[b, c, y0 + r], acc[c, r], wsum[r]
                 for xx in range(w):
                     dst[xx] = _clip(ac[xx] / ws[xx])  # ws >= 1: the centre offset always has weight 1
+
+
+@_jit
+def _nlm_dh(grey_pad, planes_pad, inv_h, search, rows_per_job, out, dout_dh):  # noqa: ANN001
+    """`_nlm` that also writes d out / dh in the same pass. With z = mean / h and w = exp(-z), dw/dh = w z / h,
+    so d(sum w x / sum w)/dh = (sum w z x - out sum w z) / (h sum w); 0 where out is clipped."""
+    bsz, h, w = out.shape[0], out.shape[2], out.shape[3]
+    blocks = (h + rows_per_job - 1) // rows_per_job
+    for job in nb.prange(bsz * blocks):
+        b, y0 = job // blocks, (job % blocks) * rows_per_job
+        nrows = min(y0 + rows_per_job, h) - y0
+        scale = inv_h[b] * np.float32(1 / 25)
+        diff, rowsum, wt = np.empty(w + 4, np.float32), np.empty((nrows + 4, w), np.float32), np.empty(w, np.float32)
+        wz = np.empty(w, np.float32)
+        acc, wsum = np.zeros((3, nrows, w), np.float32), np.zeros((nrows, w), np.float32)
+        zacc, zsum = np.zeros((3, nrows, w), np.float32), np.zeros((nrows, w), np.float32)
+        for dy in range(2 * search + 1):
+            for dx in range(2 * search + 1):
+                _patch_sums(grey_pad, b, y0, nrows, dy, dx, search, diff, rowsum)
+                for r in range(nrows):
+                    r0, r1, r2, r3, r4 = rowsum[r], rowsum[r + 1], rowsum[r + 2], rowsum[r + 3], rowsum[r + 4]
+                    ws, zs = wsum[r], zsum[r]
+                    for xx in range(w):
+                        z = (r0[xx] + r1[xx] + r2[xx] + r3[xx] + r4[xx]) * scale
+                        wt[xx] = _exp_neg(z)
+                        wz[xx] = wt[xx] * z
+                        ws[xx] += wt[xx]
+                        zs[xx] += wz[xx]
+                    for c in range(3):
+                        src, ac, za = planes_pad[b, c, y0 + r + dy, dx:], acc[c, r], zacc[c, r]
+                        for xx in range(w):
+                            ac[xx] += wt[xx] * src[xx]
+                            za[xx] += wz[xx] * src[xx]
+        for c in range(3):
+            for r in range(nrows):
+                dst, dd = out[b, c, y0 + r], dout_dh[b, c, y0 + r]
+                ac, za, ws, zs = acc[c, r], zacc[c, r], wsum[r], zsum[r]
+                for xx in range(w):
+                    mean = ac[xx] / ws[xx]
+                    dst[xx] = _clip(mean)
+                    inside = (mean >= F0) & (mean <= F1)
+                    dd[xx] = (za[xx] - mean * zs[xx]) / ws[xx] * inv_h[b] if inside else F0
 
 
 def _flat(img: np.ndarray) -> np.ndarray:
@@ -377,15 +423,30 @@ def sharpen(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndar
 def denoise(img: np.ndarray, params: np.ndarray, xp: ModuleType = np, search: int = 5, patch: int = 2) -> np.ndarray:
     if patch != 2:
         return m.denoise(img, params, xp, search, patch)  # the kernel's box filter is written for 5x5
+    return np.ascontiguousarray(_denoise_planes(img, params, search, False)[0].transpose(0, 2, 3, 1))
+
+
+def denoise_with_dh(img: np.ndarray, params: np.ndarray, search: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """`denoise` (B, H, W, 3) -> its output and d output / dh as (B, 3, H, W) planes, from one kernel pass."""
+    out, dh = _denoise_planes(img, params, search, True)
+    return out, dh
+
+
+def _denoise_planes(img: np.ndarray, params: np.ndarray, search: int, with_dh: bool) -> tuple[np.ndarray, np.ndarray]:
     x = _f32(img)
     pad = ((0, 0), (search, search), (search, search))
     grey_pad = _f32(np.pad(m.luminance(x, np), pad, mode="reflect"))
     planes_pad = _f32(np.pad(x.transpose(0, 3, 1, 2), ((0, 0), (0, 0), *pad[1:]), mode="reflect"))
     out = np.empty((x.shape[0], 3, x.shape[1], x.shape[2]), np.float32)
     # enough row blocks that every thread has work even for one image; each block recomputes a 4-row halo
-    rows = max(16, -(-x.shape[1] * x.shape[0] // (4 * nb.get_num_threads())))
-    _nlm(grey_pad, planes_pad, _f32(1.0 / params[:, 0]), search, min(rows, x.shape[1]), out)
-    return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+    rows = min(max(16, -(-x.shape[1] * x.shape[0] // (4 * nb.get_num_threads()))), x.shape[1])
+    inv_h = _f32(1.0 / params[:, 0])
+    if not with_dh:
+        _nlm(grey_pad, planes_pad, inv_h, search, rows, out)
+        return out, out[:0]
+    dh = np.empty(out.shape, np.float32)
+    _nlm_dh(grey_pad, planes_pad, inv_h, search, rows, out, dh)
+    return out, dh
 
 
 @_jit

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from posisp_dist.isp import fast_cpu
 from posisp_dist.isp import modules as m
 from posisp_dist.isp.registry import ModuleSpec, Registry
 
@@ -62,9 +63,13 @@ def ccm(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def blur3x3(x: torch.Tensor) -> torch.Tensor:
-    """torchvision's sharpness smoothing filter, edges replicated."""
-    k = torch.tensor(m.SHARPEN_KERNEL, dtype=x.dtype, device=x.device).div(13.0).expand(3, 1, 3, 3)
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+    """torchvision's sharpness smoothing filter (`m.SHARPEN_KERNEL`: the 3x3 box plus 4x the centre, / 13), edges
+    replicated; as separable box sums of shifted views, about 3x cheaper forward and backward on a CPU than a
+    depthwise convolution."""
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    rows = xp[..., :-2] + xp[..., 1:-1] + xp[..., 2:]
+    box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
+    return (box + 4.0 * x) / 13.0
 
 
 def sharpen(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -91,30 +96,21 @@ def denoise(x: torch.Tensor, p: torch.Tensor, search: int = 5, patch: int = 2) -
     return (acc / wsum).clamp(0, 1)  # wsum >= 1: the centre offset always has weight 1
 
 
-DENOISE_FD_STEP = 1e-2  # physical h step of the central difference in `denoise_straight_through`
-
-
 class _DenoiseStraightThrough(torch.autograd.Function):
     """NLM forward with the fused CPU kernel; backward: the image gradient passes straight through (the
-    filter's rows sum to 1, so the gradient of a global upstream parameter keeps its pixel sum) and
-    d/dh is a central difference of the same kernel. About 40x cheaper than `denoise`'s exact graph."""
+    filter's rows sum to 1, so the gradient of a global upstream parameter keeps its pixel sum) and d/dh is
+    exact, from the same kernel pass (`fast_cpu.denoise_with_dh`). About 40x cheaper than `denoise`'s graph."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        from posisp_dist.isp.kernels import implementation
-
-        fn = implementation(m.denoise, np, "fast")
         img = x.detach().permute(0, 2, 3, 1).contiguous().numpy().astype(np.float32, copy=False)
-        h = p.detach().numpy().astype(np.float32)
-        lo, hi = np.maximum(h - DENOISE_FD_STEP, 1e-5), h + DENOISE_FD_STEP  # stay inside the registry range
-        ctx.fd = (fn(img, hi, np) - fn(img, lo, np)) / (hi - lo)[:, :, None, None]  # (B, H, W, 3) d out/dh
-        out = torch.from_numpy(np.ascontiguousarray(fn(img, h, np).transpose(0, 3, 1, 2)))
-        return out.to(x.dtype)
+        out, dh = fast_cpu.denoise_with_dh(img, p.detach().numpy().astype(np.float32))
+        ctx.dh = torch.from_numpy(dh)  # (B, 3, H, W) d out / dh
+        return torch.from_numpy(out).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fd = torch.from_numpy(np.ascontiguousarray(ctx.fd.transpose(0, 3, 1, 2))).to(grad_out.dtype)
-        return grad_out, (grad_out * fd).flatten(1).sum(1, keepdim=True)
+        return grad_out, (grad_out * ctx.dh.to(grad_out.dtype)).flatten(1).sum(1, keepdim=True)
 
 
 def denoise_straight_through(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
