@@ -59,11 +59,12 @@ def task_fwd_bwd_images_s(cfg: Config, reps: int = 12) -> float:
     return n * reps / (time.perf_counter() - t)
 
 
-def pathwise_step_images_s(cfg: Config, timesteps: int) -> float:
-    """(b): one local EnvRunner (the driver's) sampling `timesteps` pipelines after a warm-up round."""
+def pathwise_step_images_s(cfg: Config, timesteps: int, rounds: int = 5) -> float:
+    """(b): one local EnvRunner (the driver's) sampling `timesteps` pipelines per round after a warm-up round,
+    the median of `rounds` (one round of 128 moved by up to +-25 % between runs)."""
     from posisp_dist.benchmarks.runtime import env_runner_steps_per_s
 
-    return float(env_runner_steps_per_s(cfg, cfg.isp.kernels, timesteps)["env_steps_per_s"])
+    return float(env_runner_steps_per_s(cfg, cfg.isp.kernels, timesteps, rounds)["env_steps_per_s"])
 
 
 def iteration_images_s(cfg: Config, iterations: int) -> dict[str, float]:

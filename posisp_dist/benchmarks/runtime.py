@@ -17,9 +17,10 @@ from posisp_dist.config import Config
 PAPER_POLICY_MS = 1.55  # POS-ISP's predictor, one image on an RTX 2080 Ti (paper, Table of efficiency)
 
 
-def env_runner_steps_per_s(cfg: Config, kernels: str, timesteps: int = 512) -> dict[str, Any]:
-    """One local SingleAgentEnvRunner sampling `timesteps` env steps (one step = one pipeline) after a
-    warm-up sample that loads the data shards and the task model."""
+def env_runner_steps_per_s(cfg: Config, kernels: str, timesteps: int = 512, rounds: int = 1) -> dict[str, Any]:
+    """One local SingleAgentEnvRunner sampling `timesteps` env steps (one step = one pipeline) in each of
+    `rounds` timed rounds after a warm-up sample that loads the data shards and the task model; the rate is
+    the median round's."""
     from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
     from posisp_dist.train.algo_config import build_algo_config
@@ -29,10 +30,12 @@ def env_runner_steps_per_s(cfg: Config, kernels: str, timesteps: int = 512) -> d
     raw["isp"]["kernels"] = kernels
     runner = SingleAgentEnvRunner(config=build_algo_config(Config.model_validate(raw)))
     runner.sample(num_timesteps=cfg.env.num_envs_per_runner, random_actions=False)  # warm-up: data, model, JIT
-    t = time.perf_counter()
-    episodes = runner.sample(num_timesteps=timesteps, random_actions=False)
-    dt = time.perf_counter() - t
-    steps = sum(len(e) for e in episodes)
+    rates, steps, dt = [], 0, 0.0
+    for _ in range(rounds):
+        t = time.perf_counter()
+        episodes = runner.sample(num_timesteps=timesteps, random_actions=False)
+        took, n = time.perf_counter() - t, sum(len(e) for e in episodes)
+        rates, steps, dt = [*rates, n / took], steps + n, dt + took
     runner.stop()
     return {
         "bench": "env_runner",
@@ -42,7 +45,7 @@ def env_runner_steps_per_s(cfg: Config, kernels: str, timesteps: int = 512) -> d
         "num_envs": cfg.env.num_envs_per_runner,
         "env_steps": steps,
         "seconds": dt,
-        "env_steps_per_s": steps / dt,
+        "env_steps_per_s": float(np.median(rates)),
     }
 
 
