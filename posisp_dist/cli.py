@@ -156,6 +156,27 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_scaling(args: argparse.Namespace) -> int:
+    from posisp_dist.benchmarks import scaling
+
+    if 1 not in args.runners:
+        raise ValueError("--runners must include 1: efficiency is relative to one EnvRunner")
+    result = scaling.run(load_config(args.config), args.runners, args.iterations, args.warmup, args.steps_per_runner)
+    result["command"] = shlex.join(["posisp", *sys.argv[1:]])
+    print(scaling.format_rows(result["rows"]))
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_bench_signal(args: argparse.Namespace) -> int:
+    from posisp_dist.benchmarks import signal as signal_bench
+
+    result = signal_bench.run(args.runs, args.tracking_uri)
+    print(json.dumps(result["spearman_vs_val_map"], indent=2))
+    _write_json(args.json, result)
+    return 0
+
+
 def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
     """`--set key=value` pairs -> dotted config overrides; values are read as YAML (numbers, lists, null)."""
     out: dict[str, Any] = {}
@@ -322,141 +343,139 @@ def cmd_cluster_check(args: argparse.Namespace) -> int:
     return 0
 
 
+Option = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def opt(*flags: str, **kwargs: Any) -> Option:
+    return flags, kwargs
+
+
+# the options several commands share, declared once
+SPLITS = ("train", "val", "test")
+CONFIG = opt("--config", required=True, help="experiment YAML (e.g. configs/quick.yaml)")
+QUIET = opt("--quiet", action="store_true", help="no progress output")
+SET = opt("--set", action="append", metavar="KEY=VALUE",
+          help="override one config field, e.g. --set train.num_env_runners=8 (repeatable; YAML values)")
+TRACKING_URI = opt("--tracking-uri", help="MLflow tracking URI (default: the config's tracking.uri, else "
+                   "$MLFLOW_TRACKING_URI, else the SQLite store under $POSISP_HOME or the CWD: "
+                   ".posisp/mlflow/mlflow.db)")
+RUN = opt("--run", required=True, metavar="RUN_ID")
+SPLIT = opt("--split", default="test", choices=SPLITS)
+MIN_TIME = opt("--min-time", type=float, default=0.5, help="seconds of repetitions per measurement")
+SIZES = opt("--sizes", type=int, nargs="+", default=[256, 512])
+BATCH = opt("--batch", type=int, default=32)
+
+
+def json_out(what: str) -> Option:
+    return opt("--json", help=f"write {what} to this JSON file")
+
+
+def bench_config(default: str = "configs/quick.yaml") -> Option:
+    return opt("--config", default=default)
+
+
+GROUPS = {"data": "dataset commands", "cluster": "Ray cluster YAMLs", "task": "task-model commands",
+          "bench": "benchmarks"}
+
+# (command words, handler name, help, options): one row per command
+COMMANDS: list[tuple[str, str, str, list[Option]]] = [
+    ("data build", "cmd_data_build", "generate the built-in low-light raw dataset as Parquet shards", [
+        CONFIG, opt("--force", action="store_true", help="rebuild even if a matching dataset exists"), QUIET]),
+    ("data ingest", "cmd_data_ingest", "your raw files (DNG, CR2, NEF, ARW, ...) + COCO / VOC boxes -> shards", [
+        opt("--raw", required=True, help="folder of raw files (anything LibRaw reads)"),
+        opt("--root", required=True, help="data root to write (data.root of a `source: ingested` config)"),
+        opt("--coco", action="append", metavar="JSON", help="COCO detection JSON (repeatable)"),
+        opt("--voc", action="append", metavar="PATH", help="folder of VOC XML files, or one (repeatable)"),
+        opt("--image-size", type=int, default=512, help="letterboxed square side (multiple of 32)"),
+        opt("--classes", nargs="+", help="class names in label order (default: all the annotations name)"),
+        opt("--split", action="append", metavar="SPLIT=FILE", help="given split: a text file of file names per "
+            "line, for each of train, val and test (default: drawn with --seed and --fractions)"),
+        opt("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST")),
+        opt("--seed", type=int, default=0, help="seed of the drawn split"),
+        opt("--shard-size", type=int, default=200, help="images per Parquet shard"),
+        opt("--reference", help="folder of reference renders (same stem as each raw; default: LibRaw's)"),
+        opt("--force", action="store_true", help="replace the dataset already under --root"),
+        json_out("the counts and the skip report"), QUIET]),
+    ("data verify", "cmd_data_verify", "recheck an ingested root's split files against their SHA-256", [
+        opt("--root", required=True), opt("--raw", required=True, help="the folder that was ingested")]),
+    ("baselines", "cmd_baselines", "task metric of clean sRGB, input RAW, camera ISP and random search", [
+        CONFIG, SPLIT, json_out("the rows"), QUIET]),
+    ("train", "cmd_train", "train sequence-level PPO on Ray, tracked in MLflow", [
+        opt("--config", help="experiment YAML (e.g. configs/quick.yaml)"),
+        opt("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint"),
+        opt("--iterations", type=_positive_int, help="override train.iterations (total, including resumed ones)"),
+        SET, TRACKING_URI,
+        opt("--eval", choices=("val", "test"), help="after training, run `posisp eval` on this split"),
+        json_out("the run summary"), QUIET]),
+    ("eval", "cmd_eval", "baseline rows plus the learned policy's greedy pipelines on a split", [
+        RUN, SPLIT, TRACKING_URI, json_out("the rows and per-image pipelines"),
+        opt("--rebuild-data", action="store_true",
+            help="regenerate the run's built-in data under data.root when another dataset is there"),
+        QUIET]),
+    ("apply", "cmd_apply", "process DNG / raw .npz files with a trained policy", [
+        RUN, opt("inputs", nargs="+", help="DNG (or any LibRaw raw) or .npz files, or folders of them"),
+        opt("-o", "--output", required=True, help="directory for PNGs, pipeline JSON and the contact sheet"),
+        TRACKING_URI, QUIET]),
+    ("compare", "cmd_compare", "sequence PPO vs image-blind vs step-wise PPO vs search, equal budgets", [
+        opt("--config", required=True, help="comparison YAML (e.g. configs/compare.yaml)"),
+        opt("--out", default="out/compare", help="directory for compare.md and compare.png"),
+        opt("--budget", choices=("wall_clock", "images"), help="override the config's equal budget"),
+        opt("--seeds", type=int, nargs="+", help="override the config's seeds"),
+        json_out("every row and the aggregate"), QUIET]),
+    ("seeds", "cmd_seeds", "train + evaluate one config over seeds (data and task model made per seed)", [
+        CONFIG, opt("--seeds", type=int, nargs="+", default=[0, 1, 2]), SET,
+        opt("--ppo-params", action="store_true", help="also the same budget with PPO-learned parameters"),
+        json_out("per-seed rows and the aggregate"), QUIET]),
+    ("cluster check", "cmd_cluster_check", "run Ray's own `ray up` config checks on cluster YAMLs, offline", [
+        opt("files", nargs="+", help="e.g. cluster/aws-gpu.yaml")]),
+    ("task ship", "cmd_task_ship", "retrain a config's built-in task model from scratch and ship it in the package", [
+        bench_config(),
+        opt("--check", action="store_true", help="compare with the shipped file instead of writing it")]),
+    ("bench isp", "cmd_bench_isp", "ISP module and pipeline throughput (NumPy, and CuPy when present)", [
+        SIZES, BATCH, MIN_TIME,
+        opt("--kernels", nargs="+", choices=("fast", "reference"), default=["fast", "reference"]),
+        json_out("the rows")]),
+    ("bench peer", "cmd_bench_peer", "our executor vs the torch peer: pipeline once, and AdaptiveISP's K steps", [
+        SIZES, BATCH, opt("--steps", type=int, default=5, help="AdaptiveISP steps K"), MIN_TIME,
+        json_out("the rows")]),
+    ("bench runtime", "cmd_bench_runtime", "env steps/s of one EnvRunner, policy latency, ISP peak memory", [
+        bench_config(), SET, opt("--timesteps", type=int, default=512, help="env steps sampled per measurement"),
+        json_out("the rows")]),
+    ("bench loop", "cmd_bench_loop", "the training loop against its floor: task fwd+bwd, pathwise EnvRunner, "
+     "whole iterations", [
+        opt("--config", nargs="+", default=["configs/quick.yaml"], help="one row per config"), SET,
+        opt("--timesteps", type=int, default=128, help="pipelines one EnvRunner samples per round for (b)"),
+        opt("--iterations", type=int, default=5, help="timed training iterations for (c), after a warm-up"),
+        json_out("the rows")]),
+    ("bench scaling", "cmd_bench_scaling", "env steps/s against the number of EnvRunners on a 3-node local "
+     "Ray cluster", [
+        bench_config(), opt("--runners", type=int, nargs="+", default=[1, 2, 4]),
+        opt("--iterations", type=int, default=3, help="measured iterations per runner count"),
+        opt("--warmup", type=int, default=1, help="first iterations left out (data load, detector load)"),
+        opt("--steps-per-runner", type=int, default=128, help="env steps each runner samples per iteration"),
+        json_out("the rows")]),
+    ("bench signal", "cmd_bench_signal", "per-image signals against val mAP over the uploaded checkpoints of runs", [
+        opt("--runs", nargs="+", required=True, metavar="RUN_ID"), TRACKING_URI, json_out("the rows")]),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `posisp` parser from the `COMMANDS` table: one sub-parser per row, groups made on first use."""
     p = argparse.ArgumentParser(prog="posisp", description="Task-aware ISP optimisation (POS-ISP) on Ray.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    data = sub.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
-    b = data.add_parser("build", help="generate the built-in low-light raw dataset as Parquet shards")
-    b.add_argument("--config", required=True)
-    b.add_argument("--force", action="store_true", help="rebuild even if a matching dataset exists")
-    b.add_argument("--quiet", action="store_true")
-    b.set_defaults(fn=cmd_data_build)
-    ig = data.add_parser("ingest", help="your raw files (DNG, CR2, NEF, ARW, ...) + COCO / VOC boxes -> shards")
-    ig.add_argument("--raw", required=True, help="folder of raw files (anything LibRaw reads)")
-    ig.add_argument("--root", required=True, help="data root to write (data.root of a `source: ingested` config)")
-    ig.add_argument("--coco", action="append", metavar="JSON", help="COCO detection JSON (repeatable)")
-    ig.add_argument("--voc", action="append", metavar="PATH", help="folder of VOC XML files, or one (repeatable)")
-    ig.add_argument("--image-size", type=int, default=512, help="letterboxed square side (multiple of 32)")
-    ig.add_argument("--classes", nargs="+", help="class names in label order (default: all the annotations name)")
-    ig.add_argument("--split", action="append", metavar="SPLIT=FILE", help="given split: a text file of file names "
-                    "per line, for each of train, val and test (default: drawn with --seed and --fractions)")
-    ig.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
-    ig.add_argument("--seed", type=int, default=0, help="seed of the drawn split")
-    ig.add_argument("--shard-size", type=int, default=200, help="images per Parquet shard")
-    ig.add_argument("--reference", help="folder of reference renders (same stem as each raw; default: LibRaw's)")
-    ig.add_argument("--force", action="store_true", help="replace the dataset already under --root")
-    ig.add_argument("--json", help="write the counts and the skip report to this JSON file")
-    ig.add_argument("--quiet", action="store_true")
-    ig.set_defaults(fn=cmd_data_ingest)
-    vf = data.add_parser("verify", help="recheck an ingested root's split files against their SHA-256")
-    vf.add_argument("--root", required=True)
-    vf.add_argument("--raw", required=True, help="the folder that was ingested")
-    vf.set_defaults(fn=cmd_data_verify)
-
-    bl = sub.add_parser("baselines", help="task metric of clean sRGB, input RAW, camera ISP and random search")
-    bl.add_argument("--config", required=True)
-    bl.add_argument("--split", default="test", choices=("train", "val", "test"))
-    bl.add_argument("--json", help="write the rows to this JSON file")
-    bl.add_argument("--quiet", action="store_true")
-    bl.set_defaults(fn=cmd_baselines)
-
-    tr = sub.add_parser("train", help="train sequence-level PPO on Ray, tracked in MLflow")
-    tr.add_argument("--config", help="experiment YAML (e.g. configs/quick.yaml)")
-    tr.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint")
-    tr.add_argument("--iterations", type=_positive_int,
-                    help="override train.iterations (total, including resumed ones)")
-    tr.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override one config field, e.g. --set train.num_env_runners=8 (repeatable; YAML values)",
-    )
-    tr.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: the config's tracking.uri, else $MLFLOW_TRACKING_URI, else the SQLite "
-        "store under $POSISP_HOME or the CWD: .posisp/mlflow/mlflow.db)",
-    )
-    tr.add_argument("--eval", choices=("val", "test"), help="after training, run `posisp eval` on this split")
-    tr.add_argument("--json", help="write the run summary to this JSON file")
-    tr.add_argument("--quiet", action="store_true")
-    tr.set_defaults(fn=cmd_train)
-
-    ev = sub.add_parser("eval", help="baseline rows plus the learned policy's greedy pipelines on a split")
-    ev.add_argument("--run", required=True, metavar="RUN_ID")
-    ev.add_argument("--split", default="test", choices=("train", "val", "test"))
-    ev.add_argument("--tracking-uri")
-    ev.add_argument("--json", help="write the rows and per-image pipelines to this JSON file")
-    ev.add_argument("--rebuild-data", action="store_true",
-                    help="regenerate the run's built-in data under data.root when another dataset is there")
-    ev.add_argument("--quiet", action="store_true")
-    ev.set_defaults(fn=cmd_eval)
-
-    ap = sub.add_parser("apply", help="process DNG / raw .npz files with a trained policy")
-    ap.add_argument("--run", required=True, metavar="RUN_ID")
-    ap.add_argument("inputs", nargs="+", help="DNG (or any LibRaw raw) or .npz files, or folders of them")
-    ap.add_argument("-o", "--output", required=True, help="directory for PNGs, pipeline JSON and the contact sheet")
-    ap.add_argument("--tracking-uri")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    ap.set_defaults(fn=cmd_apply)
-
-    cp = sub.add_parser("compare", help="sequence PPO vs image-blind vs step-wise PPO vs search, equal budgets")
-    cp.add_argument("--config", required=True, help="comparison YAML (e.g. configs/compare.yaml)")
-    cp.add_argument("--out", default="out/compare", help="directory for compare.md and compare.png")
-    cp.add_argument("--budget", choices=("wall_clock", "images"), help="override the config's equal budget")
-    cp.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
-    cp.add_argument("--json", help="write every row and the aggregate to this JSON file")
-    cp.add_argument("--quiet", action="store_true")
-    cp.set_defaults(fn=cmd_compare)
-
-    sd = sub.add_parser("seeds", help="train + evaluate one config over seeds (data and task model made per seed)")
-    sd.add_argument("--config", required=True)
-    sd.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    sd.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable")
-    sd.add_argument("--ppo-params", action="store_true", help="also the same budget with PPO-learned parameters")
-    sd.add_argument("--json", help="write per-seed rows and the aggregate to this JSON file")
-    sd.add_argument("--quiet", action="store_true")
-    sd.set_defaults(fn=cmd_seeds)
-
-    cl = sub.add_parser("cluster", help="Ray cluster YAMLs").add_subparsers(dest="cluster_command", required=True)
-    cc = cl.add_parser("check", help="run Ray's own `ray up` config checks on cluster YAMLs, offline")
-    cc.add_argument("files", nargs="+", help="e.g. cluster/aws-gpu.yaml")
-    cc.set_defaults(fn=cmd_cluster_check)
-
-    task = sub.add_parser("task", help="task-model commands").add_subparsers(dest="task_command", required=True)
-    ts = task.add_parser("ship", help="retrain a config's built-in task model from scratch and ship it in the package")
-    ts.add_argument("--config", default="configs/quick.yaml")
-    ts.add_argument("--check", action="store_true", help="compare with the shipped file instead of writing it")
-    ts.set_defaults(fn=cmd_task_ship)
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
-    bi = bench.add_parser("isp", help="ISP module and pipeline throughput (NumPy, and CuPy when present)")
-    bi.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    bi.add_argument("--batch", type=int, default=32)
-    bi.add_argument("--min-time", type=float, default=0.5, help="seconds of repetitions per measurement")
-    bi.add_argument("--kernels", nargs="+", choices=("fast", "reference"), default=["fast", "reference"])
-    bi.add_argument("--json")
-    bi.set_defaults(fn=cmd_bench_isp)
-    bp = bench.add_parser("peer", help="our executor vs the torch peer: pipeline once, and AdaptiveISP's K steps")
-    bp.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    bp.add_argument("--batch", type=int, default=32)
-    bp.add_argument("--steps", type=int, default=5, help="AdaptiveISP steps K")
-    bp.add_argument("--min-time", type=float, default=0.5)
-    bp.add_argument("--json")
-    bp.set_defaults(fn=cmd_bench_peer)
-    br = bench.add_parser("runtime", help="env steps/s of one EnvRunner, policy latency, ISP peak memory")
-    br.add_argument("--config", default="configs/quick.yaml")
-    br.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
-    br.add_argument("--timesteps", type=int, default=512, help="env steps sampled per measurement")
-    br.add_argument("--json")
-    br.set_defaults(fn=cmd_bench_runtime)
-    bl = bench.add_parser("loop", help="the training loop against its floor: task fwd+bwd, pathwise EnvRunner, "
-                          "whole iterations")
-    bl.add_argument("--config", nargs="+", default=["configs/quick.yaml"], help="one row per config")
-    bl.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
-    bl.add_argument("--timesteps", type=int, default=128, help="pipelines one EnvRunner samples for (b)")
-    bl.add_argument("--iterations", type=int, default=5, help="timed training iterations for (c), after a warm-up")
-    bl.add_argument("--json")
-    bl.set_defaults(fn=cmd_bench_loop)
+    top = p.add_subparsers(dest="command", required=True)
+    groups: dict[str, Any] = {}
+    for words, handler, help_text, options in COMMANDS:
+        *group, name = words.split()
+        sub = top
+        if group:
+            if group[0] not in groups:
+                groups[group[0]] = top.add_parser(group[0], help=GROUPS[group[0]]).add_subparsers(
+                    dest=f"{group[0]}_command", required=True)
+            sub = groups[group[0]]
+        cmd = sub.add_parser(name, help=help_text)
+        for flags, kwargs in options:
+            cmd.add_argument(*flags, **kwargs)
+        cmd.set_defaults(fn=globals()[handler])
     return p
 
 

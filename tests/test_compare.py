@@ -74,9 +74,14 @@ def test_tiny_compare_produces_every_row_and_counts_compute(tiny_cfg, tiny_data,
     reach = {(r["target"], r["counter"]): r for r in payload["reach"]}
     assert set(reach) == {(t, c) for t in ("stepwise_ppo", "stepwise_ppo_adaptiveisp") for c in ("module_runs",
                                                                                                "task_images")}
+    best_seq = max(p["val"] for p in rows["sequence_ppo"]["curve"])
     for r in reach.values():
         (s,) = r["seeds"]
-        assert s["ratio"] is None or 0 < s["ratio"] and s["spent"] <= rows["sequence_ppo"][r["counter"]]
+        assert s["target_val"] == max(p["val"] for p in rows[r["target"]]["curve"])  # the target's kept checkpoint
+        assert (s["ratio"] is None) == (best_seq < s["target_val"])  # "never reached" exactly when it was not
+        if s["ratio"] is not None:
+            assert 0 < s["spent"] <= rows["sequence_ppo"][r["counter"]]
+            assert s["ratio"] == pytest.approx(s["spent"] / rows[r["target"]][r["counter"]])
     # AdaptiveISP's profile runs every module at every step: M x (steps taken) module runs per image-step,
     # plus, with pathwise parameters, the kept module once more through its torch twin
     m = len(tiny_cfg.isp.modules)
@@ -119,3 +124,22 @@ def test_budgeted_runs_show_progress_in_the_budgets_unit(tiny_cfg):
         assert (bar.total, bar.unit, bar.n, _bar_position(cfg, state)) == (total, unit, at, at)
     bar = _progress_bar(Bar, tiny_cfg, 7, state, progress=False)
     assert (bar.total, bar.unit, bar.n) == (7, "it", 3)
+
+
+def test_compute_to_reach_reads_the_first_val_point_at_the_targets_best():
+    from posisp_dist.train.compare import compute_to_reach
+
+    def row(method, seed, vals, runs):
+        curve = [{"val": v, "module_runs": r} for v, r in zip(vals, runs, strict=True)]
+        return {"method": method, "seed": seed, "curve": curve, "module_runs": runs[-1]}
+
+    rows = [
+        row("stepwise_ppo", 0, [5.0, 9.0, 8.0], [100, 200, 400]),  # best 9.0; 400 module runs in all
+        row("sequence_ppo", 0, [4.0, 9.5, 12.0], [20, 40, 60]),  # first at or above 9.0: 40 runs
+        row("stepwise_ppo", 1, [5.0, 7.0], [100, 300]),
+        row("sequence_ppo", 1, [4.0, 6.0], [20, 40]),  # never reaches 7.0
+    ]
+    out = compute_to_reach(rows, "sequence_ppo", "stepwise_ppo")
+    (s0, s1) = out["seeds"]
+    assert (s0["target_val"], s0["spent"], s0["target_spent"], s0["ratio"]) == (9.0, 40, 400.0, 0.1)
+    assert s1["spent"] is None and s1["ratio"] is None and s1["target_val"] == 7.0

@@ -116,3 +116,25 @@ def test_readme_module_table_matches_registry():
     from posisp_dist.isp import DEFAULT_REGISTRY
 
     assert DEFAULT_REGISTRY.markdown_table() in (REPO / "README.md").read_text()
+
+
+def test_every_command_of_the_table_parses_its_help_and_its_shared_options(capsys):
+    """The CLI is the `COMMANDS` table: each row is a sub-command with its help; an option shared by several
+    commands (--quiet, --json, --config, --set, --tracking-uri) means the same everywhere."""
+    from posisp_dist.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    shared: dict[str, set[str]] = {}
+    for words, _, _, options in COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args([*words.split(), "--help"])
+        assert done.value.code == 0 and words.split()[-1] in capsys.readouterr().out
+        for flags, kwargs in options:
+            shared.setdefault(flags[-1], set()).add(repr(sorted((k, str(v)) for k, v in kwargs.items())))
+    assert len(shared["--quiet"]) == 1 and len(shared["--set"]) == 1 and len(shared["--tracking-uri"]) == 1
+    assert {"bench scaling", "bench signal"} <= {w for w, *_ in COMMANDS}  # no second argparse main elsewhere
+
+
+def test_bench_scaling_refuses_runner_counts_without_one(capsys):
+    assert main(["bench", "scaling", "--runners", "2", "4"]) == 2
+    assert "--runners must include 1" in capsys.readouterr().err

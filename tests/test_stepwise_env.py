@@ -45,6 +45,7 @@ def test_same_seed_same_rollout(core):
         return out
 
     assert rollout(3) == rollout(3)
+    assert rollout(3) != rollout(4)  # the seed decides the rollout: not a constant
 
 
 @pytest.fixture(scope="module")

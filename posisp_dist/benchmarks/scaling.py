@@ -8,13 +8,11 @@ smoothed across iterations, so it cannot give a per-iteration sampling time). Ef
 (n x rate(1)). All nodes of a local cluster share this machine's cores, which caps what more runners can
 add: the JSON records the core count.
 
-    python -m posisp_dist.benchmarks.scaling --config configs/quick.yaml --json bench/results/scaling-cpu.json
+    posisp bench scaling --config configs/quick.yaml --json bench/results/scaling-cpu.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import platform
@@ -22,10 +20,9 @@ import statistics
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-from posisp_dist.config import Config, load_config
+from posisp_dist.config import Config
 
 
 def bench_config(cfg: Config, runners: int, steps_per_runner: int) -> Config:
@@ -128,27 +125,3 @@ def run(cfg: Config, runners: list[int], iterations: int, warmup: int, steps_per
         "wall_seconds": round(time.time() - t0, 1),
         "rows": add_efficiency(rows),
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="configs/quick.yaml")
-    p.add_argument("--runners", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--iterations", type=int, default=3, help="measured iterations per runner count")
-    p.add_argument("--warmup", type=int, default=1, help="first iterations left out (data load, detector load)")
-    p.add_argument("--steps-per-runner", type=int, default=128, help="env steps each runner samples per iteration")
-    p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
-    if 1 not in args.runners:
-        p.error("--runners must include 1: efficiency is relative to one EnvRunner")
-    result = run(load_config(args.config), args.runners, args.iterations, args.warmup, args.steps_per_runner)
-    result["command"] = "python -m posisp_dist.benchmarks.scaling " + " ".join(argv or sys.argv[1:])
-    print(format_rows(result["rows"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

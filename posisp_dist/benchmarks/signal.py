@@ -4,13 +4,11 @@ greedy policy's pipelines on the val split are scored with each per-image signal
 Spearman rank correlation between each signal's val mean and val mAP, across the checkpoints of the given
 runs, says whether a signal can rise while mAP falls (the way the `mixed` reward was gamed).
 
-    python -m posisp_dist.benchmarks.signal --runs RUN [RUN ...] --json out.json
+    posisp bench signal --runs RUN [RUN ...] --json out.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -69,24 +67,7 @@ def summarise(run_ids: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {s: spearman(np.array([r[s] for r in subset]), maps) for s in SIGNALS}
 
     return {
-        "command": shlex.join(["python", "-m", "posisp_dist.benchmarks.signal", *sys.argv[1:]]),
+        "command": shlex.join(["posisp", *sys.argv[1:]]),
         "runs": run_ids, "rows": rows, "n_checkpoints": len(rows), "spearman_vs_val_map": rho(rows),
         "spearman_within_run": {rid: rho([r for r in rows if r["run_id"] == rid]) for rid in run_ids},
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", nargs="+", required=True)
-    ap.add_argument("--tracking-uri")
-    ap.add_argument("--json")
-    args = ap.parse_args(argv)
-    result = run(args.runs, args.tracking_uri)
-    print(json.dumps(result["spearman_vs_val_map"], indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
