@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -212,11 +212,21 @@ class ISPTaskCore:
         return images, np.asarray(score, np.float64), grad.cpu().numpy().astype(np.float32), as_np(loss)
 
 
-class CoreBound:
-    """What every ISP env shares: `source` is an `ISPTaskCore`, or a lazy `CoreSource` that loads this
-    worker's shards and the task model at the first reset; RLlib binds the worker index before that."""
+class DataSource(Protocol):
+    """What the envs need from where their data comes from: this worker's core, made on first `get()` (an
+    `ISPTaskCore` is its own source; `envs.factory.CoreSource` loads the worker's shards lazily), and the
+    worker index to pick the shards by, bound before the first reset."""
 
-    source: Any
+    def get(self) -> ISPTaskCore: ...
+
+    def bind_worker(self, worker_index: int | None, num_workers: int | None) -> None: ...
+
+
+class CoreBound:
+    """What every ISP env shares: `source` is a `DataSource`; RLlib binds the worker index before the first
+    reset."""
+
+    source: DataSource
 
     @property
     def core(self) -> ISPTaskCore:

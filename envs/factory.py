@@ -10,11 +10,15 @@ weights come from Ray's object store instead of the disk (`posisp_dist/data/tran
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 
 from envs.core import ISPTaskCore
+from envs.sequence_isp import SequenceISPEnv, SequenceISPVectorEnv
+from envs.stepwise_isp import StepwiseISPEnv, StepwiseISPVectorEnv
 from posisp_dist.config import Config
 from posisp_dist.isp.registry import DEFAULT_REGISTRY, Registry
 
@@ -108,22 +112,49 @@ def end_actor_on_data_error(err: Exception) -> None:
     raise_sys_exit_with_custom_error_message(f"{DATA_ERROR_EXIT}{err}")
 
 
+@dataclass(frozen=True)
+class EnvKind:
+    """One `env.kind`: its single and vector env classes (both built as `(source, [num_envs,] *args(cfg))`),
+    and how many env steps one image takes at most (one action = one whole pipeline: 1)."""
+
+    single: type[gym.Env]
+    vector: type[gym.vector.VectorEnv]
+    args: Callable[[Config], tuple[Any, ...]]
+    steps_per_image: Callable[[Config], int]
+
+    def greedy_steps(self, cfg: Config) -> int | None:
+        """K for a policy that picks one module per step (its greedy rollout runs K steps), None for a pipeline."""
+        steps = self.steps_per_image(cfg)
+        return steps if steps > 1 else None
+
+
+def _pathwise(cfg: Config) -> bool:
+    return cfg.policy.param_learning == "pathwise"
+
+
+ENV_KINDS: dict[str, EnvKind] = {
+    "sequence": EnvKind(SequenceISPEnv, SequenceISPVectorEnv, lambda c: (c.isp.max_len, _pathwise(c)), lambda c: 1),
+    "stepwise": EnvKind(
+        StepwiseISPEnv,
+        StepwiseISPVectorEnv,
+        lambda c: (c.env.max_steps, c.env.reuse_penalty, c.env.all_modules_per_step, _pathwise(c)),
+        lambda c: c.env.max_steps,
+    ),
+}
+
+
+def env_kind(cfg: Config) -> EnvKind:
+    return ENV_KINDS[cfg.env.kind]
+
+
 def make_env(env_config: dict[str, Any]) -> gym.Env:
     """RLlib env creator: `{"config": Config dump[, "num_envs": n][, "shipment": Shipment]}` -> single env or
-    batched vector env."""
-    from envs.sequence_isp import SequenceISPEnv, SequenceISPVectorEnv
-    from envs.stepwise_isp import StepwiseISPEnv, StepwiseISPVectorEnv
-
+    batched vector env of the config's `env.kind`."""
     cfg = Config.model_validate(env_config["config"])
     source = CoreSource(cfg, env_config.get("split", "train"), shipment=env_config.get("shipment"))
     if hasattr(env_config, "worker_index"):  # an RLlib EnvContext (single-env path)
         source.bind_worker(env_config.worker_index, env_config.num_workers)
-    n = int(env_config["num_envs"]) if "num_envs" in env_config else None
-    grad = cfg.policy.param_learning == "pathwise"
-    if cfg.env.kind == "stepwise":
-        e = cfg.env
-        args = (e.max_steps, e.reuse_penalty, e.all_modules_per_step, grad)
-        return StepwiseISPVectorEnv(source, n, *args) if n else StepwiseISPEnv(source, *args)
-    if n:
-        return SequenceISPVectorEnv(source, n, cfg.isp.max_len, param_grad=grad)
-    return SequenceISPEnv(source, cfg.isp.max_len, param_grad=grad)
+    kind = env_kind(cfg)
+    if "num_envs" in env_config:
+        return kind.vector(source, int(env_config["num_envs"]), *kind.args(cfg))
+    return kind.single(source, *kind.args(cfg))

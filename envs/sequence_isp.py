@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from envs.core import CoreBound, ISPTaskCore, StepResult
-
-if TYPE_CHECKING:
-    from envs.factory import CoreSource
+from envs.core import CoreBound, DataSource, ISPTaskCore, StepResult
 
 
 def action_parts(action: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +83,7 @@ class SequenceISPEnv(CoreBound, gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, core: ISPTaskCore | CoreSource, max_len: int = 10, param_grad: bool = False) -> None:
+    def __init__(self, core: DataSource, max_len: int = 10, param_grad: bool = False) -> None:
         self.source, self.max_len, self.param_grad = core, max_len, param_grad
         s = core.preview_size
         self.observation_space = spaces.Box(0.0, 1.0, (s, s, 3), np.float32)
@@ -118,7 +115,7 @@ class SequenceISPVectorEnv(CoreBound, VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(
-        self, core: ISPTaskCore | CoreSource, num_envs: int, max_len: int = 10, param_grad: bool = False
+        self, core: DataSource, num_envs: int, max_len: int = 10, param_grad: bool = False
     ) -> None:
         self.source, self.num_envs, self.max_len, self.param_grad = core, num_envs, max_len, param_grad
         single = SequenceISPEnv(core, max_len, param_grad)

@@ -6,19 +6,16 @@ steps all its sub-envs with one executor call and one task-model batch per step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from envs.core import CoreBound, ISPTaskCore, area_downsample, brightness_penalty, isp_reward
+from envs.core import CoreBound, DataSource, ISPTaskCore, area_downsample, brightness_penalty, isp_reward
 from envs.sequence_isp import action_parts, sequence_action_space
 from posisp_dist.isp.xp import to_numpy
-
-if TYPE_CHECKING:
-    from envs.factory import CoreSource
 
 
 def stepwise_observation_space(preview: int, n_modules: int) -> spaces.Box:
@@ -145,7 +142,7 @@ class StepwiseISPEnv(CoreBound, gym.Env):
 
     def __init__(
         self,
-        core: ISPTaskCore | CoreSource,
+        core: DataSource,
         max_steps: int = 5,
         reuse_penalty: float = 1.0,
         all_modules: bool = False,
@@ -189,7 +186,7 @@ class StepwiseISPVectorEnv(CoreBound, VectorEnv):
 
     def __init__(
         self,
-        core: ISPTaskCore | CoreSource,
+        core: DataSource,
         num_envs: int,
         max_steps: int = 5,
         reuse_penalty: float = 1.0,

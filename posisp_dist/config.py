@@ -22,6 +22,7 @@ from posisp_dist.task_config import (  # noqa: F401 (the task section's types, r
     YoloTrainConfig,
     task_fields,
 )
+from posisp_dist.tasks.registry import task_kinds
 
 Range = tuple[float, float]
 
@@ -197,6 +198,11 @@ class PPOConfigModel(_Strict):
     num_epochs: int = Field(4, ge=1, description="SGD passes over each train batch")
     grad_clip: float | None = Field(0.5, gt=0)
     vf_clip: float = Field(100.0, gt=0, description="value-loss clip (rewards are in task-score units)")
+    advantages: Literal["gae", "terminal"] = Field(
+        "gae", description="gae: RLlib's GAE, which adds one bootstrap row per episode to the learner's batch | "
+        "terminal (sequence env only): reward - V(s) from the EnvRunners' values, no bootstrap rows (about a third "
+        "less time per iteration; it learns differently, see bench/README.md)"
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check(self) -> PPOConfigModel:
@@ -282,6 +288,17 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     cache: CacheConfig = CacheConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.ppo.advantages == "terminal" and self.env.kind != "sequence":
+            raise ValueError("ppo.advantages: terminal is for env.kind: sequence (one terminal step per episode); "
+                             f"env.kind {self.env.kind!r} needs gae")
+        task = self.task
+        if isinstance(task, PluginTaskConfig) and task.module is None and task.kind not in task_kinds():
+            raise ValueError(f"unknown task kind {task.kind!r}; registered: {task_kinds()} (a plugin kind needs "
+                             "`module`, the module that registers it)")
+        return self
 
 
 class ConfigError(ValueError):

@@ -114,6 +114,20 @@ def test_denoise_strong_filtering_flattens_noise_like_the_reference():
     np.testing.assert_allclose(fast, m.denoise(img, p, np), atol=fast_cpu.TOLERANCE["denoise"])
 
 
+def test_denoise_at_several_strengths_in_one_pass_equals_each_strength_bit_for_bit():
+    """The NLM twin takes its value and its central difference in h from one kernel pass: each strength's
+    output must be exactly what `denoise` gives at that strength alone."""
+    img = _hard_images(3, 20, 36, seed=13)
+    h = np.random.default_rng(13).uniform(1e-4, 0.3, (3, 1)).astype(np.float32)
+    strengths = np.concatenate([h, h + 0.01, np.maximum(h - 0.01, 1e-5)], axis=1)
+    planes = fast_cpu.denoise_strengths(img, strengths)
+    assert planes.shape == (3, 3, 3, 20, 36)
+    for k in range(3):
+        alone = fast_cpu.denoise(img, strengths[:, k : k + 1])
+        np.testing.assert_array_equal(planes[k].transpose(0, 2, 3, 1), alone)
+    assert not np.array_equal(planes[1], planes[2])  # the strengths do differ
+
+
 def test_executor_fast_and_reference_agree_on_mixed_pipelines():
     rng = np.random.default_rng(8)
     img = _hard_images(8, 24, 28, seed=8)

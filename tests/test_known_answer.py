@@ -7,6 +7,7 @@ bar needs parameters conditioned on the image. About 30 s on 2 CPU cores; seeds 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import with_task
 
 from posisp_dist.config import Config
@@ -37,11 +38,20 @@ def test_ppo_reaches_the_analytic_optimum_of_a_known_answer_task(tiny_cfg, tiny_
     assert achieved >= 0.8 * optimum, f"greedy policy reward {achieved:.3f} vs analytic optimum {optimum:.3f}"
 
 
-def test_pathwise_learner_reaches_the_analytic_optimum_through_the_same_stack(tiny_cfg, tiny_data, tmp_path, ray_local):
+@pytest.mark.parametrize(
+    "advantages, minibatch, bar",
+    [("gae", 128, 0.85), ("terminal", 64, 0.70)],  # the same 24 SGD steps an iteration (gae: half the rows bootstrap)
+)
+def test_pathwise_learner_reaches_the_analytic_optimum_through_the_same_stack(
+    tiny_cfg, tiny_data, tmp_path, ray_local, advantages, minibatch, bar
+):
     """The pathwise path: EnvRunners backpropagate the task loss through the torch twin, ship dL/dp with each
     episode, and the learner applies it through the parameter network. On the brightness task the greedy
     policy must reach 85 % of the analytic optimum in half of PPO's iterations (PPO-learned parameters: 80 % in
-    60). Measured: 88 % (seed 0); without the pathwise term the parameters stay at identity and score ~0."""
+    60). Measured with RLlib's GAE: 87 % (seeds 0, 1). With `ppo.advantages: terminal` (no bootstrap rows) 77 %,
+    77 %, 78 % (seeds 0-2): above the ~40 % a constant pipeline can get, but slower than GAE here, whose
+    standardisation over its bootstrap rows enlarges the advantages. Without the pathwise term the parameters
+    stay at identity and score ~0."""
     from posisp_dist.train.driver import train
     from posisp_dist.train.inference import greedy_on_split
 
@@ -49,6 +59,7 @@ def test_pathwise_learner_reaches_the_analytic_optimum_through_the_same_stack(ti
     raw = cfg.model_dump(mode="json")
     raw["train"].update(iterations=30, checkpoint_every=30)
     raw["policy"]["pathwise_lr"] = 1e-2
+    raw["ppo"].update(advantages=advantages, minibatch_size=minibatch)
     cfg = Config.model_validate(raw)
     summary = train(cfg, progress=False)
     assert summary["task_backward_images"] == summary["images"] > 0  # every training image was backpropagated
@@ -56,4 +67,4 @@ def test_pathwise_learner_reaches_the_analytic_optimum_through_the_same_stack(ti
     optimum = float(np.mean(-res["core"].ref_score))
     achieved = float(np.mean(res["rewards"]))
     assert optimum > 1.0
-    assert achieved >= 0.85 * optimum, f"greedy policy reward {achieved:.3f} vs analytic optimum {optimum:.3f}"
+    assert achieved >= bar * optimum, f"greedy policy reward {achieved:.3f} vs analytic optimum {optimum:.3f}"

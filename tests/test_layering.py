@@ -1,6 +1,6 @@
 """The package's import graph: no import circle between modules, and every import points down the layers
-`isp` <- `data`/`tasks` <- `envs` <- `policy` <- `train` <- `cli`. Imports inside functions count (a lazy
-import hides a circle, it does not remove it); imports under `if TYPE_CHECKING:` do not (they never run)."""
+`isp` <- `data`/`tasks` <- `envs` <- `policy` <- `train` <- `cli`. Imports inside functions and under
+`if TYPE_CHECKING:` count: a lazy or type-checking-only import hides a circle, it does not remove it."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def modules() -> dict[str, Path]:
 
 
 def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
-    """module -> the package modules it imports anywhere in its body (type-checking-only imports left out)."""
+    """module -> the package modules it imports anywhere in its body."""
 
     def resolve(name: str) -> str | None:
         while name and name not in mods:
@@ -40,16 +40,7 @@ def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = defaultdict(set)
     for mod, path in mods.items():
         tree = ast.parse(path.read_text())
-        typing_only = {
-            id(n)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for stmt in node.body
-            for n in ast.walk(stmt)
-        }
         for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
             if isinstance(node, ast.Import):
                 targets = [resolve(a.name) for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

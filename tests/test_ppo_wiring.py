@@ -1,5 +1,6 @@
-"""The RLlib wiring: every config builds its PPOConfig; one-step advantages are reward - value through
-RLlib's own GAE connector; EnvRunners bind their data shards from the worker index."""
+"""The RLlib wiring: every config builds its PPOConfig; one-step advantages are reward - value (the
+sequence env's own learner connector piece, the same numbers as RLlib's GAE); EnvRunners bind their data
+shards from the worker index."""
 
 from __future__ import annotations
 
@@ -42,28 +43,84 @@ def tiny_algo_config(tiny_cfg):
     return build_algo_config(type(tiny_cfg).model_validate(raw))
 
 
-def test_one_step_advantage_is_reward_minus_value(tiny_cfg, tiny_data, tiny_task):
-    from ray.rllib.connectors.learner import GeneralAdvantageEstimation
-    from ray.rllib.core.columns import Columns
-    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
-    from ray.rllib.evaluation.postprocessing import Postprocessing
+def with_ppo(cfg, **ppo):
+    raw = cfg.model_dump(mode="json")
+    raw["ppo"].update(ppo)
+    return type(cfg).model_validate(raw)
 
-    algo = tiny_algo_config(tiny_cfg)
+
+def learner_and_episodes(cfg, timesteps: int = 16):
+    """A fresh learner holding the EnvRunner's weights, and that runner's episodes."""
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    algo = tiny_algo_config(cfg)
     runner = SingleAgentEnvRunner(config=algo)
-    episodes = runner.sample(num_timesteps=16)
-    assert all(len(e) == 1 for e in episodes)  # one action = one whole pipeline
+    episodes = runner.sample(num_timesteps=timesteps)
     learner = algo.build_learner()
-    pipeline = algo.build_learner_connector(input_observation_space=None, input_action_space=None)
-    pipeline.append(GeneralAdvantageEstimation(gamma=algo.gamma, lambda_=algo.lambda_))
-    batch = pipeline(rl_module=learner.module, batch={}, episodes=episodes, explore=False, shared_data={})
-    b = batch["default_policy"]
+    learner.module["default_policy"].set_state(runner.module.get_state())
+    return learner, episodes
+
+
+def advantages_batch(learner, episodes):
+    """The train batch the learner's own pipeline (the one `Learner.update` runs on episodes) makes."""
+    pipeline = learner._learner_connector  # test-only look inside
+    return pipeline(rl_module=learner.module, batch={}, episodes=episodes, explore=False, shared_data={})[
+        "default_policy"]
+
+
+@pytest.mark.parametrize("advantages", ["gae", "terminal"])
+def test_one_step_advantage_is_reward_minus_the_learners_value(tiny_cfg, tiny_data, tiny_task, advantages):
+    """The sequence env's episodes are one terminal step each. RLlib's GAE (`ppo.advantages: gae`, its
+    bootstrap rows masked out) and `TerminalAdvantages` (`terminal`: no bootstrap rows, the EnvRunner's V(s),
+    equal to the learner's) give the real rows value target = reward and advantage = reward - V(s); GAE
+    standardises over its bootstrap rows too, `terminal` over the real rows only."""
+    from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate, GeneralAdvantageEstimation
+    from ray.rllib.core.columns import Columns
+
+    from posisp_dist.train.pathwise import TerminalAdvantages
+
+    learner, episodes = learner_and_episodes(with_ppo(tiny_cfg, advantages=advantages))
+    assert all(len(e) == 1 and e.is_terminated for e in episodes)  # one action = one whole pipeline
+    kinds = [type(c) for c in learner._learner_connector.connectors]
+    b = advantages_batch(learner, episodes)
+    real = np.asarray(b[Columns.LOSS_MASK], bool) if Columns.LOSS_MASK in b else np.ones(len(b[Columns.REWARDS]), bool)
     with torch.no_grad():
         values = learner.module["default_policy"].compute_values({Columns.OBS: torch.as_tensor(b[Columns.OBS])})
-    rewards, values = np.asarray(b[Columns.REWARDS]), values.numpy()
-    np.testing.assert_allclose(b[Postprocessing.VALUE_TARGETS], rewards, atol=1e-6)  # no bootstrap after the end
+    rewards, values, adv = np.asarray(b[Columns.REWARDS])[real], values.numpy()[real], np.asarray(b[Columns.ADVANTAGES])
+    np.testing.assert_allclose(np.asarray(b[Columns.VALUE_TARGETS])[real], rewards, atol=1e-6)  # no bootstrap
     raw = rewards - values
-    np.testing.assert_allclose(b[Postprocessing.ADVANTAGES], (raw - raw.mean()) / max(1e-4, raw.std()), atol=1e-5)
-    assert np.abs(rewards).sum() > 0  # real pipelines were scored
+    assert real.sum() == len(episodes) and np.abs(rewards).sum() > 0 and np.std(raw) > 0
+    if advantages == "gae":
+        assert AddOneTsToEpisodesAndTruncate in kinds and GeneralAdvantageEstimation in kinds
+        assert len(real) == 2 * len(episodes)  # one bootstrap row per episode, masked out of the loss
+        assert np.corrcoef(adv[real], raw)[0, 1] > 0.999  # an affine map of reward - V(s) (stats over all rows)
+    else:
+        assert kinds[-1] is TerminalAdvantages
+        assert AddOneTsToEpisodesAndTruncate not in kinds and GeneralAdvantageEstimation not in kinds
+        torch.testing.assert_close(torch.as_tensor(b[Columns.VF_PREDS]), torch.as_tensor(values), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(adv, (raw - raw.mean()) / max(1e-4, raw.std()), atol=1e-5)
+
+
+def test_terminal_advantages_refuse_multi_step_episodes_and_configs(tiny_cfg, tiny_data, tiny_task):
+    """The step-wise env keeps RLlib's GAE: its config refuses `terminal`, and given multi-step episodes
+    `TerminalAdvantages` says why not."""
+    from ray.rllib.connectors.learner import GeneralAdvantageEstimation
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    from posisp_dist.train.pathwise import TerminalAdvantages
+
+    raw = tiny_cfg.model_dump(mode="json")
+    raw["env"]["kind"] = "stepwise"
+    stepwise = type(tiny_cfg).model_validate(raw)
+    with pytest.raises(ValueError, match="terminal is for env.kind: sequence"):
+        with_ppo(stepwise, advantages="terminal")
+    algo = tiny_algo_config(stepwise)
+    learner = algo.build_learner()
+    assert any(type(c) is GeneralAdvantageEstimation for c in learner._learner_connector.connectors)
+    episodes = SingleAgentEnvRunner(config=algo).sample(num_timesteps=32)
+    assert max(len(e) for e in episodes) > 1
+    with pytest.raises(ValueError, match="one terminal step"):
+        TerminalAdvantages()(rl_module=learner.module, batch={}, episodes=episodes)
 
 
 def test_env_runners_bind_their_own_data_shards(tiny_cfg, tiny_data):

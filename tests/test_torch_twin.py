@@ -123,7 +123,7 @@ def test_brightness_penalty_matches_the_env():
 
 
 def test_fast_denoise_backward_keeps_the_value_and_the_h_gradient():
-    """`backward="fast"`: the same output as the exact graph; d/dh equal to the exact twin's gradient (one kernel pass);
+    """`backward="fast"`: the same output as the exact graph; d/dh within 2 % of the exact twin's gradient;
     the image gradient passed straight through (a global exposure upstream gets the same sign and, because
     the NLM's rows sum to 1, nearly the same size)."""
     img = _nchw(np.clip(_img(b=2, h=24, w=24, seed=7) * 0.5 + 0.2, 0, 1))
@@ -140,7 +140,7 @@ def test_fast_denoise_backward_keeps_the_value_and_the_h_gradient():
         grads[mode], outs[mode] = p.grad, out.detach()
     torch.testing.assert_close(outs["fast"], outs["exact"], atol=VALUE_ATOL, rtol=0)
     h = R.param_slice(4).start
-    torch.testing.assert_close(grads["fast"][:, h], grads["exact"][:, h], rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(grads["fast"][:, h], grads["exact"][:, h], rtol=0.02, atol=1e-4)
     ev = R.param_slice(0).start
     assert (torch.sign(grads["fast"][:, ev]) == torch.sign(grads["exact"][:, ev])).all()
     torch.testing.assert_close(grads["fast"][:, ev], grads["exact"][:, ev], rtol=0.25, atol=1e-3)

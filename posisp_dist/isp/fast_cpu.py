@@ -275,6 +275,15 @@ def _patch_sums(grey_pad, b, y0, nrows, dy, dx, search, diff, rowsum):  # noqa: 
             rs[xx] = diff[xx] + diff[xx + 1] + diff[xx + 2] + diff[xx + 3] + diff[xx + 4]
 
 
+@_inline
+def _nlm_job(job, blocks, rows_per_job, h, w, inv_h):  # noqa: ANN001
+    """Job `job` of the NLM kernels: its image, first row, row count, 1 / (25 h), and its scratch rows."""
+    b, y0 = job // blocks, (job % blocks) * rows_per_job
+    nrows = min(y0 + rows_per_job, h) - y0
+    scratch = np.empty(w + 4, np.float32), np.empty((nrows + 4, w), np.float32), np.empty(w, np.float32)
+    return b, y0, nrows, inv_h[b] * np.float32(1 / 25), scratch[0], scratch[1], scratch[2]
+
+
 @_jit
 def _nlm(grey_pad, planes_pad, inv_h, search, rows_per_job, out):  # noqa: ANN001
     """Grey-guided NLM with 5x5 patches on colour planes. Jobs are (image, block of rows); a job loops over
@@ -284,10 +293,7 @@ def _nlm(grey_pad, planes_pad, inv_h, search, rows_per_job, out):  # noqa: ANN00
     bsz, h, w = out.shape[0], out.shape[2], out.shape[3]
     blocks = (h + rows_per_job - 1) // rows_per_job
     for job in nb.prange(bsz * blocks):
-        b, y0 = job // blocks, (job % blocks) * rows_per_job
-        nrows = min(y0 + rows_per_job, h) - y0
-        scale = inv_h[b] * np.float32(1 / 25)
-        diff, rowsum, wt = np.empty(w + 4, np.float32), np.empty((nrows + 4, w), np.float32), np.empty(w, np.float32)
+        b, y0, nrows, scale, diff, rowsum, wt = _nlm_job(job, blocks, rows_per_job, h, w, inv_h)
         acc, wsum = np.zeros((3, nrows, w), np.float32), np.zeros((nrows, w), np.float32)
         for dy in range(2 * search + 1):
             for dx in range(2 * search + 1):
@@ -310,45 +316,35 @@ def _nlm(grey_pad, planes_pad, inv_h, search, rows_per_job, out):  # noqa: ANN00
 
 
 @_jit
-def _nlm_dh(grey_pad, planes_pad, inv_h, search, rows_per_job, out, dout_dh):  # noqa: ANN001
-    """`_nlm` that also writes d out / dh in the same pass. With z = mean / h and w = exp(-z), dw/dh = w z / h,
-    so d(sum w x / sum w)/dh = (sum w z x - out sum w z) / (h sum w); 0 where out is clipped."""
-    bsz, h, w = out.shape[0], out.shape[2], out.shape[3]
+def _nlm_strengths(grey_pad, planes_pad, inv_h, search, rows_per_job, out):  # noqa: ANN001
+    """`_nlm` at K strengths per image in one pass (`inv_h` (B, K), `out` (K, B, 3, H, W)): the patch distances
+    are computed once and weighted K times, each strength with `_nlm`'s arithmetic in `_nlm`'s order, so each
+    output equals `_nlm`'s at that strength bit for bit."""
+    bsz, h, w, k_n = out.shape[1], out.shape[3], out.shape[4], out.shape[0]
     blocks = (h + rows_per_job - 1) // rows_per_job
     for job in nb.prange(bsz * blocks):
-        b, y0 = job // blocks, (job % blocks) * rows_per_job
-        nrows = min(y0 + rows_per_job, h) - y0
-        scale = inv_h[b] * np.float32(1 / 25)
-        diff, rowsum, wt = np.empty(w + 4, np.float32), np.empty((nrows + 4, w), np.float32), np.empty(w, np.float32)
-        wz = np.empty(w, np.float32)
-        acc, wsum = np.zeros((3, nrows, w), np.float32), np.zeros((nrows, w), np.float32)
-        zacc, zsum = np.zeros((3, nrows, w), np.float32), np.zeros((nrows, w), np.float32)
+        b, y0, nrows, _, diff, rowsum, wt = _nlm_job(job, blocks, rows_per_job, h, w, inv_h[:, 0])
+        acc, wsum = np.zeros((k_n, 3, nrows, w), np.float32), np.zeros((k_n, nrows, w), np.float32)
         for dy in range(2 * search + 1):
             for dx in range(2 * search + 1):
                 _patch_sums(grey_pad, b, y0, nrows, dy, dx, search, diff, rowsum)
                 for r in range(nrows):
                     r0, r1, r2, r3, r4 = rowsum[r], rowsum[r + 1], rowsum[r + 2], rowsum[r + 3], rowsum[r + 4]
-                    ws, zs = wsum[r], zsum[r]
-                    for xx in range(w):
-                        z = (r0[xx] + r1[xx] + r2[xx] + r3[xx] + r4[xx]) * scale
-                        wt[xx] = _exp_neg(z)
-                        wz[xx] = wt[xx] * z
-                        ws[xx] += wt[xx]
-                        zs[xx] += wz[xx]
-                    for c in range(3):
-                        src, ac, za = planes_pad[b, c, y0 + r + dy, dx:], acc[c, r], zacc[c, r]
+                    for k in range(k_n):
+                        scale, ws = inv_h[b, k] * np.float32(1 / 25), wsum[k, r]
                         for xx in range(w):
-                            ac[xx] += wt[xx] * src[xx]
-                            za[xx] += wz[xx] * src[xx]
-        for c in range(3):
-            for r in range(nrows):
-                dst, dd = out[b, c, y0 + r], dout_dh[b, c, y0 + r]
-                ac, za, ws, zs = acc[c, r], zacc[c, r], wsum[r], zsum[r]
-                for xx in range(w):
-                    mean = ac[xx] / ws[xx]
-                    dst[xx] = _clip(mean)
-                    inside = (mean >= F0) & (mean <= F1)
-                    dd[xx] = (za[xx] - mean * zs[xx]) / ws[xx] * inv_h[b] if inside else F0
+                            wt[xx] = _exp_neg((r0[xx] + r1[xx] + r2[xx] + r3[xx] + r4[xx]) * scale)
+                            ws[xx] += wt[xx]
+                        for c in range(3):
+                            src, ac = planes_pad[b, c, y0 + r + dy, dx:], acc[k, c, r]
+                            for xx in range(w):
+                                ac[xx] += wt[xx] * src[xx]
+        for k in range(k_n):
+            for c in range(3):
+                for r in range(nrows):
+                    dst, ac, ws = out[k, b, c, y0 + r], acc[k, c, r], wsum[k, r]
+                    for xx in range(w):
+                        dst[xx] = _clip(ac[xx] / ws[xx])
 
 
 def _flat(img: np.ndarray) -> np.ndarray:
@@ -423,43 +419,7 @@ def sharpen(img: np.ndarray, params: np.ndarray, xp: ModuleType = np) -> np.ndar
 def denoise(img: np.ndarray, params: np.ndarray, xp: ModuleType = np, search: int = 5, patch: int = 2) -> np.ndarray:
     if patch != 2:
         return m.denoise(img, params, xp, search, patch)  # the kernel's box filter is written for 5x5
-    return np.ascontiguousarray(_denoise_planes(img, params, search, False)[0].transpose(0, 2, 3, 1))
-
-
-def denoise_with_dh(img: np.ndarray, params: np.ndarray, search: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """`denoise` (B, H, W, 3) -> its output and d output / dh as (B, 3, H, W) planes, from one kernel pass."""
-    out, dh = _denoise_planes(img, params, search, True)
-    return out, dh
-
-
-def _denoise_planes(img: np.ndarray, params: np.ndarray, search: int, with_dh: bool) -> tuple[np.ndarray, np.ndarray]:
-    x = _f32(img)
-    pad = ((0, 0), (search, search), (search, search))
-    grey_pad = _f32(np.pad(m.luminance(x, np), pad, mode="reflect"))
-    planes_pad = _f32(np.pad(x.transpose(0, 3, 1, 2), ((0, 0), (0, 0), *pad[1:]), mode="reflect"))
-    out = np.empty((x.shape[0], 3, x.shape[1], x.shape[2]), np.float32)
-    # enough row blocks that every thread has work even for one image; each block recomputes a 4-row halo
-    rows = min(max(16, -(-x.shape[1] * x.shape[0] // (4 * nb.get_num_threads()))), x.shape[1])
-    inv_h = _f32(1.0 / params[:, 0])
-    if not with_dh:
-        _nlm(grey_pad, planes_pad, inv_h, search, rows, out)
-        return out, out[:0]
-    dh = np.empty(out.shape, np.float32)
-    _nlm_dh(grey_pad, planes_pad, inv_h, search, rows, out, dh)
-    return out, dh
-
-
-@_jit
-def _copy(x: np.ndarray, out: np.ndarray) -> None:
-    for b in nb.prange(x.shape[0]):
-        xb, ob = x[b], out[b]
-        for i in range(xb.shape[0]):
-            ob[i] = xb[i]
-
-
-def copy(img: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out = img with the kernels' loop shape and threads and no arithmetic: their bandwidth roofline."""
-    return _per_pixel(_copy, img, out=out)
+    return np.ascontiguousarray(_denoise_planes(img, params[:, :1], search)[0].transpose(0, 2, 3, 1))
 
 
 def _cpu_share(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -475,6 +435,42 @@ def _cpu_share(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(*args, **kwargs)
 
     return run
+
+
+@_cpu_share
+def denoise_strengths(img: np.ndarray, strengths: np.ndarray, search: int = 5) -> np.ndarray:
+    """`denoise` of (B, H, W, 3) at K strengths per image, `strengths` (B, K) -> (K, B, 3, H, W) planes, in one
+    kernel pass; each equal, bit for bit, to `denoise` at that strength (the NLM twin's value and difference)."""
+    return _denoise_planes(img, strengths, search)
+
+
+def _denoise_planes(img: np.ndarray, strengths: np.ndarray, search: int) -> np.ndarray:
+    x = _f32(img)
+    pad = ((0, 0), (search, search), (search, search))
+    grey_pad = _f32(np.pad(m.luminance(x, np), pad, mode="reflect"))
+    planes_pad = _f32(np.pad(x.transpose(0, 3, 1, 2), ((0, 0), (0, 0), *pad[1:]), mode="reflect"))
+    inv_h = _f32(1.0 / _f32(strengths))
+    out = np.empty((inv_h.shape[1], x.shape[0], 3, x.shape[1], x.shape[2]), np.float32)
+    # enough row blocks that every thread has work even for one image; each block recomputes a 4-row halo
+    rows = min(max(16, -(-x.shape[1] * x.shape[0] // (4 * nb.get_num_threads()))), x.shape[1])
+    if inv_h.shape[1] == 1:
+        _nlm(grey_pad, planes_pad, inv_h[:, 0], search, rows, out[0])
+    else:
+        _nlm_strengths(grey_pad, planes_pad, inv_h, search, rows, out)
+    return out
+
+
+@_jit
+def _copy(x: np.ndarray, out: np.ndarray) -> None:
+    for b in nb.prange(x.shape[0]):
+        xb, ob = x[b], out[b]
+        for i in range(xb.shape[0]):
+            ob[i] = xb[i]
+
+
+def copy(img: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = img with the kernels' loop shape and threads and no arithmetic: their bandwidth roofline."""
+    return _per_pixel(_copy, img, out=out)
 
 
 # reference function -> fused kernel; dispatch is by identity so a re-registered module keeps its own code

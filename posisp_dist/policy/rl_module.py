@@ -68,12 +68,15 @@ class SequencePolicyModule(TorchRLModule, ValueFunctionAPI):
         )
 
     def _decode(self, batch: dict[str, Any], explore: bool) -> dict[str, Any]:
-        action, dist, _ = self.net.act(batch[Columns.OBS], greedy=not explore)
-        return {
+        action, dist, feat = self.net.act(batch[Columns.OBS], greedy=not explore)
+        out = {
             Columns.ACTIONS: action,
             Columns.ACTION_LOGP: dist.logp(action),
             Columns.ACTION_DIST_INPUTS: PipelineDistribution.pack(dist.logits, dist.alive, dist.beta_raw),
         }
+        if explore:  # the value of the sampled state, from the features already computed (a linear head)
+            out[Columns.VF_PREDS] = self.net.value(feat)
+        return out
 
     @override(TorchRLModule)
     def _forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from posisp_dist.task_config import TaskConfig
 from posisp_dist.tasks.base import Metric, TaskModel
 from posisp_dist.tasks.registry import TaskKind, register_task, task_kind
-
-if TYPE_CHECKING:  # type hints only: the config module validates task kinds through the registry
-    from posisp_dist.config import TaskConfig
 
 
 def load_task_model(

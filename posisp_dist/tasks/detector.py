@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from posisp_dist.data.shards import RawDataset, fingerprint
+from posisp_dist.task_config import TaskConfig
 from posisp_dist.tasks.base import DETECTION_METRICS, Detections, Targets, state_dict_hash, to_torch_nchw
 from posisp_dist.tasks.centernet import CenterNet, decode, encode_targets, per_image_loss
 from posisp_dist.tasks.metrics import coco_map, per_image_ap
 from posisp_dist.tasks.signals import task_signal
-
-if TYPE_CHECKING:  # type hints only: the config module validates task kinds through the registry
-    from posisp_dist.config import TaskConfig
 
 MODEL_FORMAT_VERSION = 1
 SIGNALS = ("loss", "detection", "mixed", "ap")

@@ -13,7 +13,7 @@ from posisp_dist.config import Config
 from posisp_dist.data.transport import Shipment
 from posisp_dist.policy.rl_module import SequencePolicyModule
 from posisp_dist.train.callbacks import ISPCallbacks
-from posisp_dist.train.pathwise import PathwisePPOLearner, learner_connector
+from posisp_dist.train.pathwise import ONE_STEP_EPISODES, PathwisePPOLearner, learner_connector
 
 SAMPLE_TIMEOUT_S = 3600.0  # one sampling round may take this long before RLlib gives up on it
 
@@ -69,6 +69,9 @@ def build_algo_config(cfg: Config, shipment: Shipment | None = None) -> PPOConfi
             num_gpus_per_learner=train.num_gpus_per_learner,
             learner_class=PathwisePPOLearner,  # RLlib's PPO learner; + the pathwise term for the parameters
             learner_connector=learner_connector if pathwise else None,
+            # ppo.advantages: terminal: a whole pipeline per episode, the advantage is the reward minus the
+            # EnvRunner's value (no bootstrap rows, no value forward on the learner)
+            learner_config_dict={ONE_STEP_EPISODES: ppo.advantages == "terminal"},
         )
         .training(
             lr=ppo.lr,

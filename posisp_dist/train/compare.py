@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from envs.factory import env_kind
 from posisp_dist.config import Config, ConfigError, _Strict, load_config
 from posisp_dist.train.methods import METHODS
 
@@ -72,7 +73,7 @@ def method_config(base: Config, method: str, seed: int, ccfg: CompareConfig) -> 
     cfg = Config.model_validate(raw)
     # val points at about the same training images for every method: a step-wise iteration holds
     # train_batch_size steps, up to max_steps per image, a sequence iteration one image per step
-    per_iteration = cfg.ppo.train_batch_size / (cfg.env.max_steps if cfg.env.kind == "stepwise" else 1)
+    per_iteration = cfg.ppo.train_batch_size / env_kind(cfg).steps_per_image(cfg)
     val_every = max(1, round(ccfg.val_every_images / per_iteration))
     raw["train"].update(iterations=10**6, val_every=val_every, **budget)
     return Config.model_validate(raw)

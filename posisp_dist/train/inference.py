@@ -11,6 +11,7 @@ import torch
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 
 from envs.core import area_downsample
+from envs.factory import env_kind
 from posisp_dist.config import Config
 from posisp_dist.isp.executor import ISPExecutor
 from posisp_dist.isp.xp import to_numpy
@@ -151,4 +152,4 @@ def greedy_on_split(cfg: Config, checkpoint: str | Path, split: str, core: Any =
 
 def stepwise_steps(cfg: Config) -> int | None:
     """K for a step-wise run, None for the sequence policy."""
-    return cfg.env.max_steps if cfg.env.kind == "stepwise" else None
+    return env_kind(cfg).greedy_steps(cfg)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate, GeneralAdvantageEstimation
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.annotations import override
 
@@ -34,6 +35,7 @@ from posisp_dist.policy.rl_module import PATHWISE_PARAMS
 
 PARAM_GRAD = "param_grad"  # infos key and train-batch column: (P,) dL/d(normalised params) per timestep
 PATHWISE_OPTIMIZER = "pathwise"
+ONE_STEP_EPISODES = "one_step_episodes"  # learner_config_dict key: every episode is one terminal step
 GRAD_NORM_KEY, PARAM_MEAN_KEY = "pathwise_grad_norm", "pathwise_param_mean"  # the learner's own results
 
 
@@ -68,9 +70,51 @@ class AddParamGradToBatch(ConnectorV2):
         return batch
 
 
+class TerminalAdvantages(ConnectorV2):
+    """Learner connector piece for one-step episodes (the sequence env: one action is a whole pipeline, its
+    reward terminal), in place of RLlib's bootstrap timestep + GAE. With one terminal step the value target is
+    the reward and the advantage `r - V(s)`, standardised over the batch as RLlib's GAE does. `V(s)` is what
+    the EnvRunner's module computed while sampling (`Columns.VF_PREDS`): PPO samples with the weights it then
+    updates, so it equals the learner's forward pass, which is skipped. RLlib's default would also add one
+    bootstrap timestep per episode, doubling a batch of one-step episodes for the learner's minibatches."""
+
+    @override(ConnectorV2)
+    def __call__(self, *, rl_module: Any, batch: dict[str, Any], episodes: list[Any], **kwargs: Any) -> Any:
+        for episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
+            if len(episode) != 1 or not episode.is_terminated:
+                raise ValueError(
+                    f"episode {episode.id_} has {len(episode)} steps (terminated={episode.is_terminated}); "
+                    f"{ONE_STEP_EPISODES} is for envs whose every episode is one terminal step"
+                )
+        for module_id, column in batch.items():
+            if Columns.VF_PREDS not in column:
+                raise KeyError(f"module {module_id!r}: the EnvRunners sent no '{Columns.VF_PREDS}' with the episodes")
+            rewards = column[Columns.REWARDS]
+            advantages = rewards - column[Columns.VF_PREDS].to(rewards.dtype)
+            std = advantages.std(correction=0).clamp_min(1e-4)
+            column[Columns.ADVANTAGES] = (advantages - advantages.mean()) / std
+            column[Columns.VALUE_TARGETS] = rewards
+        return batch
+
+
 class PathwisePPOLearner(PPOTorchLearner):
     """RLlib's PPO learner plus the pathwise term for the parameter network (see the module docstring).
-    With `param_learning: ppo` it is RLlib's PPO learner unchanged."""
+    With `param_learning: ppo` it is RLlib's PPO learner unchanged. With `learner_config_dict`'s
+    `one_step_episodes` its advantages come from `TerminalAdvantages`."""
+
+    @override(PPOTorchLearner)
+    def build(self) -> None:
+        super().build()
+        if not self.config.learner_config_dict.get(ONE_STEP_EPISODES) or self._learner_connector is None:
+            return
+        # RLlib's PPOLearner.build has just added these two to the pipeline (the same protected member)
+        pipeline = self._learner_connector
+        for piece in (AddOneTsToEpisodesAndTruncate, GeneralAdvantageEstimation):
+            if not any(type(c) is piece for c in pipeline.connectors):
+                raise RuntimeError(f"RLlib's PPO learner pipeline has no {piece.__name__} to replace: check the Ray "
+                                   "version against pyproject's pin")
+            pipeline.remove(piece)
+        pipeline.append(TerminalAdvantages())
 
     @override(PPOTorchLearner)
     def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
