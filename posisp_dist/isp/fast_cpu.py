@@ -449,7 +449,7 @@ def _denoise_planes(img: np.ndarray, strengths: np.ndarray, search: int) -> np.n
     pad = ((0, 0), (search, search), (search, search))
     grey_pad = _f32(np.pad(m.luminance(x, np), pad, mode="reflect"))
     planes_pad = _f32(np.pad(x.transpose(0, 3, 1, 2), ((0, 0), (0, 0), *pad[1:]), mode="reflect"))
-    inv_h = _f32(1.0 / _f32(strengths))
+    inv_h = _f32(1.0 / np.asarray(strengths))  # as the kernel always did: one rounding to float32
     out = np.empty((inv_h.shape[1], x.shape[0], 3, x.shape[1], x.shape[2]), np.float32)
     # enough row blocks that every thread has work even for one image; each block recomputes a 4-row halo
     rows = min(max(16, -(-x.shape[1] * x.shape[0] // (4 * nb.get_num_threads()))), x.shape[1])
