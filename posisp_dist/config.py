@@ -200,8 +200,8 @@ class PPOConfigModel(_Strict):
     vf_clip: float = Field(100.0, gt=0, description="value-loss clip (rewards are in task-score units)")
     advantages: Literal["gae", "terminal"] = Field(
         "gae", description="gae: RLlib's GAE, which adds one bootstrap row per episode to the learner's batch | "
-        "terminal (sequence env only): reward - V(s) from the EnvRunners' values, no bootstrap rows (about a third "
-        "less time per iteration; it learns differently, see bench/README.md)"
+        "terminal (sequence env only): reward - V(s) from the EnvRunners' values, no bootstrap rows (about 11 % "
+        "less time per iteration at half the minibatch; it learns differently, see bench/README.md)"
     )  # fmt: skip
 
     @model_validator(mode="after")
