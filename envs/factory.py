@@ -115,17 +115,14 @@ def end_actor_on_data_error(err: Exception) -> None:
 @dataclass(frozen=True)
 class EnvKind:
     """One `env.kind`: its single and vector env classes (both built as `(source, [num_envs,] *args(cfg))`),
-    and how many env steps one image takes at most (one action = one whole pipeline: 1)."""
+    how many env steps one image takes at most (one action = one whole pipeline: 1), and the steps of its
+    policy's greedy rollout (None: one pipeline per image, decoded at once)."""
 
     single: type[gym.Env]
     vector: type[gym.vector.VectorEnv]
     args: Callable[[Config], tuple[Any, ...]]
     steps_per_image: Callable[[Config], int]
-
-    def greedy_steps(self, cfg: Config) -> int | None:
-        """K for a policy that picks one module per step (its greedy rollout runs K steps), None for a pipeline."""
-        steps = self.steps_per_image(cfg)
-        return steps if steps > 1 else None
+    greedy_steps: Callable[[Config], int | None]
 
 
 def _pathwise(cfg: Config) -> bool:
@@ -133,11 +130,14 @@ def _pathwise(cfg: Config) -> bool:
 
 
 ENV_KINDS: dict[str, EnvKind] = {
-    "sequence": EnvKind(SequenceISPEnv, SequenceISPVectorEnv, lambda c: (c.isp.max_len, _pathwise(c)), lambda c: 1),
+    "sequence": EnvKind(
+        SequenceISPEnv, SequenceISPVectorEnv, lambda c: (c.isp.max_len, _pathwise(c)), lambda c: 1, lambda c: None
+    ),
     "stepwise": EnvKind(
         StepwiseISPEnv,
         StepwiseISPVectorEnv,
         lambda c: (c.env.max_steps, c.env.reuse_penalty, c.env.all_modules_per_step, _pathwise(c)),
+        lambda c: c.env.max_steps,
         lambda c: c.env.max_steps,
     ),
 }
