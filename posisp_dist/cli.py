@@ -16,7 +16,7 @@ import yaml
 from posisp_dist.cluster import check_reachable, effective_address
 from posisp_dist.config import Config, ConfigError, load_config
 from posisp_dist.paths import ephemeral_home_warning
-from posisp_dist.train.tracking import TrackingError
+from posisp_dist.runs.tracking import TrackingError
 
 
 def _check_json_path(path: str | None) -> None:
@@ -249,7 +249,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print_run(summary)
     if args.eval:
         from posisp_dist.baselines.table import format_table
-        from posisp_dist.train.evaluate import evaluate_run
+        from posisp_dist.trained.evaluate import evaluate_run
 
         payload = evaluate_run(summary["run_id"], args.eval, args.tracking_uri or _tracking_uri(summary), False)
         print(format_table(payload["rows"], payload["metrics"]))
@@ -264,7 +264,7 @@ def _tracking_uri(summary: dict[str, Any]) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from posisp_dist.baselines.table import format_table
-    from posisp_dist.train.evaluate import evaluate_run
+    from posisp_dist.trained.evaluate import evaluate_run
 
     payload = evaluate_run(args.run, args.split, args.tracking_uri, progress=not args.quiet,
                            rebuild_data=args.rebuild_data)
@@ -277,15 +277,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from posisp_dist.isp.executor import ISPExecutor
     from posisp_dist.isp.registry import DEFAULT_REGISTRY
     from posisp_dist.isp.xp import get_xp
-    from posisp_dist.train.apply import apply_files, expand_inputs, output_dir
-    from posisp_dist.train.inference import load_policy
-    from posisp_dist.train.storage import fetch_run
+    from posisp_dist.trained.apply import apply_files, expand_inputs, output_dir
+    from posisp_dist.trained.inference import load_policy
+    from posisp_dist.runs.storage import fetch_run
 
     output_dir(args.output)  # a bad -o or a folder without raw files fails before the policy loads
     expand_inputs(args.inputs)
     cfg, ckpt, _ = fetch_run(args.run, args.tracking_uri)
     executor = ISPExecutor(DEFAULT_REGISTRY.subset(cfg.isp.modules), get_xp(cfg.isp.backend), cfg.isp.kernels)
-    from posisp_dist.train.inference import stepwise_steps
+    from posisp_dist.trained.inference import stepwise_steps
 
     result = apply_files(
         load_policy(ckpt), executor, cfg.env.preview_size, args.inputs, args.output, stepwise_steps(cfg),
@@ -305,7 +305,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from posisp_dist.train.compare import load_compare, run_compare
+    from posisp_dist.experiments.compare import load_compare, run_compare
 
     overrides = {"budget": args.budget} if args.budget else {}
     if args.seeds:
@@ -320,7 +320,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_seeds(args: argparse.Namespace) -> int:
-    from posisp_dist.train.seeds import markdown, run_seeds
+    from posisp_dist.experiments.seeds import markdown, run_seeds
 
     result = run_seeds(
         args.config, args.seeds, parse_sets(args.set), args.ppo_params, progress=not args.quiet, out_json=args.json
@@ -487,8 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, KeyError, TrackingError, ConnectionError) as e:
         print(f"posisp: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # SIGINT or SIGTERM (train/signals.py): one line, the run is already KILLED
-        from posisp_dist.train.signals import received_signal
+    except KeyboardInterrupt as e:  # SIGINT or SIGTERM (runs/signals.py): one line, the run is already KILLED
+        from posisp_dist.runs.signals import received_signal
 
         signum = int(getattr(e, "signum", 0) or received_signal() or signal.SIGINT)
         print(f"posisp: {e or 'interrupted'}; a training run in progress is marked KILLED", file=sys.stderr)

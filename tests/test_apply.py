@@ -15,7 +15,7 @@ from envs.sequence_isp import sequence_action_space
 from posisp_dist.isp.executor import ISPExecutor
 from posisp_dist.isp.registry import DEFAULT_REGISTRY
 from posisp_dist.policy import SequencePolicyModule
-from posisp_dist.train.apply import apply_files, read_raw
+from posisp_dist.trained.apply import apply_files, read_raw
 
 PREVIEW = 16
 

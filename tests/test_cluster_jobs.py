@@ -19,7 +19,7 @@ from ray_head import CLIENT_ENV, RayHead, free_port
 from posisp_dist.cli import main, parse_sets
 from posisp_dist.config import flatten
 from posisp_dist.paths import JOB_CONFIG_ENV, ephemeral_home_warning, resolve
-from posisp_dist.train.tracking import Tracker, default_tracking_uri
+from posisp_dist.runs.tracking import Tracker, default_tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 ITERS, BATCH = 2, 64

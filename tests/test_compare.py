@@ -10,8 +10,8 @@ from conftest import REPO
 
 from posisp_dist.cli import main
 from posisp_dist.config import ConfigError
-from posisp_dist.train.compare import METHODS, CompareConfig, load_compare, method_config
-from posisp_dist.train.tracking import Tracker
+from posisp_dist.experiments.compare import METHODS, CompareConfig, load_compare, method_config
+from posisp_dist.runs.tracking import Tracker
 
 K = 3  # step-wise steps in the tiny comparison
 
@@ -105,7 +105,7 @@ def test_tiny_compare_produces_every_row_and_counts_compute(tiny_cfg, tiny_data,
 
 def test_budgeted_runs_show_progress_in_the_budgets_unit(tiny_cfg):
     from posisp_dist.train.driver import _bar_position, _progress_bar
-    from posisp_dist.train.storage import DriverState
+    from posisp_dist.runs.storage import DriverState
 
     class Bar:  # what the driver asks of tqdm
         def __init__(self, total, desc, disable, unit):
@@ -127,7 +127,7 @@ def test_budgeted_runs_show_progress_in_the_budgets_unit(tiny_cfg):
 
 
 def test_compute_to_reach_reads_the_first_val_point_at_the_targets_best():
-    from posisp_dist.train.compare import compute_to_reach
+    from posisp_dist.experiments.compare import compute_to_reach
 
     def row(method, seed, vals, runs):
         curve = [{"val": v, "module_runs": r} for v, r in zip(vals, runs, strict=True)]

@@ -18,7 +18,7 @@ import yaml
 
 from posisp_dist.cli import main
 from posisp_dist.config import Config
-from posisp_dist.train.tracking import Tracker
+from posisp_dist.runs.tracking import Tracker
 
 BATCH = 64
 

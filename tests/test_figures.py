@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posisp_dist.train.figures import comparison_grid_png, learning_curve_png
+from posisp_dist.trained.figures import comparison_grid_png, learning_curve_png
 
 CLASSES = ["circle", "square", "triangle"]
 

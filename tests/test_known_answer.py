@@ -27,7 +27,7 @@ def known_answer_cfg(tiny_cfg: Config, tmp_path, param_learning: str = "ppo") ->
 
 def test_ppo_reaches_the_analytic_optimum_of_a_known_answer_task(tiny_cfg, tiny_data, tmp_path, ray_local):
     from posisp_dist.train.driver import train
-    from posisp_dist.train.inference import greedy_on_split
+    from posisp_dist.trained.inference import greedy_on_split
 
     cfg = known_answer_cfg(tiny_cfg, tmp_path)
     summary = train(cfg, progress=False)
@@ -53,7 +53,7 @@ def test_pathwise_learner_reaches_the_analytic_optimum_through_the_same_stack(
     standardisation over its bootstrap rows enlarges the advantages. Without the pathwise term the parameters
     stay at identity and score ~0."""
     from posisp_dist.train.driver import train
-    from posisp_dist.train.inference import greedy_on_split
+    from posisp_dist.trained.inference import greedy_on_split
 
     cfg = known_answer_cfg(tiny_cfg, tmp_path, "pathwise")
     raw = cfg.model_dump(mode="json")

@@ -1,5 +1,5 @@
 """The package's import graph: no import circle between modules, and every import points down the layers
-`isp` <- `data`/`tasks` <- `envs` <- `policy` <- `train` <- `cli`. Imports inside functions and under
+`isp` <- `data`/`tasks` <- `envs` <- `policy` <- `runs` <- `trained` <- `train` <- `experiments` <- `cli`. Imports inside functions and under
 `if TYPE_CHECKING:` count: a lazy or type-checking-only import hides a circle, it does not remove it."""
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ from conftest import REPO
 
 LAYERS = {  # subpackage (or top-level module) of posisp_dist, and `envs` -> its layer; imports go down or level
     "isp": 0, "paths": 0, "config_base": 0,
-    "config": 1, "task_config": 1, "data": 1, "tasks": 1, "cache": 1,
+    "config": 1, "task_config": 1, "methods": 1, "data": 1, "tasks": 1, "cache": 1,
     "envs": 2, "baselines": 2,
     "policy": 3,
-    "train": 4, "benchmarks": 4, "cluster": 4,
-    "cli": 5, "__main__": 6,  # `posisp_dist` itself and `python -m posisp_dist`
+    "runs": 4, "cluster": 4,  # a run's records: tracking, checkpoints, leases, signals, provenance
+    "trained": 5,  # using a trained policy: inference, evaluation, reports, apply
+    "train": 6, "benchmarks": 6,  # training on Ray RLlib
+    "experiments": 7,  # runs of methods over seeds and budgets
+    "cli": 8, "__main__": 9,  # `posisp_dist` itself and `python -m posisp_dist`
 }
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from posisp_dist.train.seeds import aggregate, markdown, seed_config
+from posisp_dist.experiments.seeds import aggregate, markdown, seed_config
 
 
 def test_each_seed_regenerates_the_data_and_the_task_model():

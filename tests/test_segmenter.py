@@ -111,7 +111,7 @@ def test_quick_seg_config_trains_through_posisp_train(tiny_cfg, tiny_data, segme
 
     from posisp_dist.cli import main
     from posisp_dist.config import load_config
-    from posisp_dist.train.tracking import Tracker
+    from posisp_dist.runs.tracking import Tracker
 
     seg = load_config(REPO / "configs" / "quick-seg.yaml")
     path, uri = tiny_train_yaml(tiny_cfg, tmp_path, {"kind": seg.task.kind, "signal": seg.task.signal})

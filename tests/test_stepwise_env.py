@@ -115,7 +115,7 @@ def test_greedy_rollout_equals_its_composed_pipeline(core):
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from posisp_dist.policy import SequencePolicyModule
-    from posisp_dist.train.inference import stepwise_greedy
+    from posisp_dist.trained.inference import stepwise_greedy
 
     env = StepwiseISPEnv(core, max_steps=K)
     module = RLModuleSpec(module_class=SequencePolicyModule, observation_space=env.observation_space,

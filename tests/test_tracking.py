@@ -8,7 +8,7 @@ import time
 import mlflow
 import pytest
 
-from posisp_dist.train.tracking import Tracker, TrackingError, default_tracking_uri, run_tags
+from posisp_dist.runs.tracking import Tracker, TrackingError, default_tracking_uri, run_tags
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +269,7 @@ def test_first_commands_racing_on_a_new_store_all_succeed(tmp_path):
     import sys
 
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
-    code = ("import sys\nfrom posisp_dist.train.tracking import Tracker\n"
+    code = ("import sys\nfrom posisp_dist.runs.tracking import Tracker\n"
             f"t = Tracker({uri!r}, 'race-' + sys.argv[1])\nt.start('r')\nt.end()\nprint('ok')\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(3)]

@@ -15,7 +15,7 @@ from dng_writer import write_dng
 
 from posisp_dist.cli import main
 from posisp_dist.config import flatten
-from posisp_dist.train.tracking import Tracker
+from posisp_dist.runs.tracking import Tracker
 
 ITERS, BATCH = 3, 64
 
@@ -72,7 +72,7 @@ def test_train_logs_params_tags_metrics_and_artifacts(trained, tiny_cfg):
 
 
 def test_the_checkpoint_with_the_best_val_map_is_kept_and_used_for_eval(trained):
-    from posisp_dist.train.storage import BEST_CKPT_TAG, fetch_run, read_state
+    from posisp_dist.runs.storage import BEST_CKPT_TAG, fetch_run, read_state
 
     tracker, run_id, summary = trained["tracker"], trained["run_id"], trained["summary"]
     history = [m.value for m in tracker.client.get_metric_history(run_id, "eval/val_map_selection")]
@@ -97,7 +97,7 @@ def test_a_second_driver_is_refused_while_another_holds_the_run_then_takes_over_
     tracker, run_id = trained["tracker"], trained["run_id"]
     run_dir = trained["tmp"] / "runs" / run_id
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom posisp_dist.train.lease import run_lease\n"
+        "import sys, time\nfrom posisp_dist.runs.lease import run_lease\n"
         f"with run_lease({str(run_dir)!r}, {run_id!r}):\n    print('held', flush=True)\n    time.sleep(600)\n")],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -114,7 +114,7 @@ def test_a_second_driver_is_refused_while_another_holds_the_run_then_takes_over_
     finally:
         holder.kill()  # SIGKILL: no cleanup ran, the OS released the lock
         holder.wait(timeout=60)
-    from posisp_dist.train.lease import run_lease
+    from posisp_dist.runs.lease import run_lease
 
     with run_lease(run_dir, run_id):  # the dead holder's lock went with its process: the run is takeable
         pass
@@ -236,7 +236,7 @@ def test_eval_refuses_data_the_run_never_saw_and_rebuilds_it_on_request(tiny_cfg
 def test_resuming_without_local_checkpoints_reports_the_kept_best(tiny_cfg, tiny_data, ray_local, tmp_path):
     """Local checkpoints deleted (another machine, a cleaned disk): the resumed run's summary names the best-on-val
     checkpoint it fetched back from the run, the one `best_val_iteration` says it kept."""
-    from posisp_dist.train.storage import read_state
+    from posisp_dist.runs.storage import read_state
 
     path, uri = write_config(tiny_cfg, tmp_path)
     assert main(["train", "--config", str(path), "--json", str(tmp_path / "a.json"), "--quiet"]) == 0
@@ -251,7 +251,7 @@ def test_resuming_without_local_checkpoints_reports_the_kept_best(tiny_cfg, tiny
 
 def test_eval_on_a_read_only_store_prints_its_table_and_warns_once(trained, capsys, monkeypatch):
     """(As root nothing is read-only: the store's own check is made to report it.)"""
-    from posisp_dist.train import tracking
+    from posisp_dist.runs import tracking
 
     monkeypatch.setattr(tracking, "_check_sqlite_store", lambda db, uri: f"MLflow store {uri} is read-only (test)")
     capsys.readouterr()

@@ -26,9 +26,7 @@ SCORE_SOURCES = (
     "tasks",
     "policy",
     "baselines/table.py",
-    "train/inference.py",
-    "train/report.py",
-    "train/evaluate.py",
+    "trained",
     "../envs",
 )
 

@@ -1,1 +1,1 @@
-"""Training: PPO config builder, driver, MLflow tracking and figures."""
+"""Training on Ray RLlib: the PPO config and its pathwise learner, the EnvRunner callbacks, the driver loop and how a run ends."""

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from posisp_dist.config import Config, flatten
-from posisp_dist.train.lease import run_lease
-from posisp_dist.train.methods import method_name
-from posisp_dist.train.provenance import check_data, check_task, provenance_tags
-from posisp_dist.train.storage import (
+from posisp_dist.runs.lease import run_lease
+from posisp_dist.methods import method_name
+from posisp_dist.runs.provenance import check_data, check_task, provenance_tags
+from posisp_dist.runs.storage import (
     BEST_CKPT_TAG,
     Checkpoints,
     DriverState,
@@ -34,7 +34,7 @@ from posisp_dist.train.storage import (
     selection_key,
     upload_checkpoint,
 )
-from posisp_dist.train.tracking import Tracker, run_tags
+from posisp_dist.runs.tracking import Tracker, run_tags
 
 
 def iteration_metrics(result: dict[str, Any], state: DriverState) -> dict[str, float]:
@@ -129,8 +129,8 @@ def train(
     injection in tests)."""
     from tqdm.auto import tqdm
 
-    from posisp_dist.train.report import final_report
-    from posisp_dist.train.signals import as_interrupted, signals_end_the_run
+    from posisp_dist.trained.report import final_report
+    from posisp_dist.runs.signals import as_interrupted, signals_end_the_run
 
     if cfg is None and resume_run_id is None:
         raise ValueError("train needs a config, or a run id to resume")
@@ -282,7 +282,7 @@ def _select_on_val(
     """Score the greedy policy of `ckpt` on the val split; keep it as `best/` when its mAP is the best so far.
     Returns the val split's core, kept by the caller for the next call."""
     from envs.factory import CoreSource
-    from posisp_dist.train.inference import greedy_on_split
+    from posisp_dist.trained.inference import greedy_on_split
 
     t0 = time.perf_counter()
     core = core if core is not None else CoreSource(cfg, "val").get()

@@ -1,4 +1,4 @@
-"""How a training run ends when a data error in an EnvRunner stops it (signals: `train/signals.py`).
+"""How a training run ends when a data error in an EnvRunner stops it (signals: `runs/signals.py`).
 
 A `DataError` (a corrupt shard) raised inside a remote EnvRunner is logged and then ignored by RLlib's fault
 tolerance, which re-probes the runner and leaves its shards out of training. `EnvRunnerDataErrors` collects it

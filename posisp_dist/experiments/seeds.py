@@ -36,8 +36,8 @@ def seed_config(path: str | Path, seed: int, overrides: dict[str, Any] | None = 
 def _learned_row(cfg: Config, progress: bool) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """-> (the learned row, the baseline rows, the task's metrics)."""
     from posisp_dist.train.driver import train
-    from posisp_dist.train.evaluate import evaluate_run
-    from posisp_dist.train.storage import open_tracker, selection_key
+    from posisp_dist.trained.evaluate import evaluate_run
+    from posisp_dist.runs.storage import open_tracker, selection_key
 
     t0 = time.perf_counter()
     summary = train(cfg, progress=progress)
@@ -67,7 +67,7 @@ def run_seeds(
 ) -> dict[str, Any]:
     """Train + evaluate `config` for each seed; -> {"command", "seeds": [{"seed", "rows"}], "aggregate"}.
     With `out_json` the file is rewritten after every seed, so a stopped run keeps the seeds it finished."""
-    from posisp_dist.train.methods import method_name
+    from posisp_dist.methods import method_name
 
     out: dict[str, Any] = {"command": shlex.join(["posisp", *sys.argv[1:]]), "config": str(config), "seeds": []}
     for seed in seeds:

@@ -15,7 +15,7 @@ from typing import Any
 
 from posisp_dist.config import Config
 from posisp_dist.paths import resolve
-from posisp_dist.train.tracking import Tracker, TrackingError, default_tracking_uri, sqlite_path
+from posisp_dist.runs.tracking import Tracker, TrackingError, default_tracking_uri, sqlite_path
 
 STATE_FILE = "driver_state.json"
 LAST_CKPT_TAG = "posisp.last_checkpoint"

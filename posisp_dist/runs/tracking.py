@@ -25,7 +25,7 @@ from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 
 from posisp_dist.paths import resolve
-from posisp_dist.train.signals import uninterrupted
+from posisp_dist.runs.signals import uninterrupted
 
 PARAMS_PER_BATCH = 100  # MLflow's limit for params (and tags) in one log_batch
 METRICS_PER_BATCH = 1000  # MLflow's limit for metrics in one log_batch
@@ -124,7 +124,7 @@ def _metric_value(value: Any) -> float | None:
 
 class _WholeCalls:
     """An MlflowClient whose every call runs whole: a stop signal that arrives during one is raised after it
-    (`train/signals.py`), so no store transaction is left half done and the run can still be ended KILLED."""
+    (`runs/signals.py`), so no store transaction is left half done and the run can still be ended KILLED."""
 
     def __init__(self, client: MlflowClient) -> None:
         self._client = client

@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 
 from posisp_dist.config import Config
-from posisp_dist.train.provenance import announce_retraining, check_data, check_task
-from posisp_dist.train.storage import fetch_run
-from posisp_dist.train.tracking import TrackingError
+from posisp_dist.runs.provenance import announce_retraining, check_data, check_task
+from posisp_dist.runs.storage import fetch_run
+from posisp_dist.runs.tracking import TrackingError
 
 
 def policy_row(cfg: Config, ckpt: Path, split: str, res: dict[str, Any] | None = None) -> dict[str, Any]:
     """The learned policy's row: metrics and the greedy pipeline of every image of `split` (from `res`, a
     `greedy_on_split` result, when the caller already has one)."""
-    from posisp_dist.train.inference import greedy_on_split
-    from posisp_dist.train.methods import method_name
+    from posisp_dist.trained.inference import greedy_on_split
+    from posisp_dist.methods import method_name
 
     res = res or greedy_on_split(cfg, ckpt, split)
     core = res["core"]
@@ -46,7 +46,7 @@ def policy_row_key(cfg: Config, ckpt: Path, split: str, task: Any) -> str | None
     """Cache key of the policy row: data, task model, code, split, the policy's weights and the rollout config."""
     from posisp_dist.cache import checkpoint_fingerprint, eval_key
     from posisp_dist.data.shards import RawDataset
-    from posisp_dist.train.inference import MODULE_SUBDIR
+    from posisp_dist.trained.inference import MODULE_SUBDIR
 
     data_fp = RawDataset(cfg.data.root, split).fingerprint
     parts = {"checkpoint": checkpoint_fingerprint(ckpt, MODULE_SUBDIR), "env": cfg.env.model_dump()}

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from envs.factory import env_kind
 from posisp_dist.config import Config, ConfigError, _Strict, load_config
-from posisp_dist.train.methods import METHODS
+from posisp_dist.methods import METHODS
 
 FIXED = ("random_search", "camera_isp", "input_raw")
 
@@ -82,7 +82,7 @@ def method_config(base: Config, method: str, seed: int, ccfg: CompareConfig) -> 
 def policy_latency_ms(cfg: Config, checkpoint: str, n: int) -> tuple[float, int]:
     """(ms per image of greedy policy inference on `n` val images, policy parameter count)."""
     from envs.factory import CoreSource
-    from posisp_dist.train.inference import load_policy, policy_pipelines, stepwise_steps
+    from posisp_dist.trained.inference import load_policy, policy_pipelines, stepwise_steps
 
     core = CoreSource(cfg, "val").get()
     module = load_policy(checkpoint)
@@ -98,8 +98,8 @@ def learned_row(
     ccfg: CompareConfig, base: Config, method: str, seed: int, parent: str, progress: bool, baselines: bool
 ) -> dict:
     from posisp_dist.train.driver import train
-    from posisp_dist.train.evaluate import evaluate_run
-    from posisp_dist.train.storage import open_tracker, selection_key
+    from posisp_dist.trained.evaluate import evaluate_run
+    from posisp_dist.runs.storage import open_tracker, selection_key
 
     cfg = method_config(base, method, seed, ccfg)
     t0 = time.perf_counter()
@@ -291,7 +291,7 @@ def run_compare(
     """Train and evaluate every method for every seed (nested under one parent MLflow run). With `out_json`
     the payload is rewritten after every trained row, so a stopped comparison keeps what it finished."""
     from posisp_dist.tasks import task_metrics
-    from posisp_dist.train.storage import open_tracker, resolve_paths
+    from posisp_dist.runs.storage import open_tracker, resolve_paths
 
     base = resolve_paths(base)
     metrics = [m.to_json() for m in task_metrics(base.task)]

@@ -114,7 +114,7 @@ def apply_files(
     from tqdm.auto import tqdm
 
     from posisp_dist.isp.xp import to_numpy
-    from posisp_dist.train.inference import apply_policy
+    from posisp_dist.trained.inference import apply_policy
 
     out = output_dir(out_dir)
     paths = expand_inputs(inputs)

@@ -9,13 +9,13 @@ from typing import Any
 
 from posisp_dist.config import Config
 from posisp_dist.isp.xp import to_numpy
-from posisp_dist.train.tracking import Tracker
+from posisp_dist.runs.tracking import Tracker
 
 
 def curve_keys(cfg: Config) -> tuple[str, ...]:
     """The learning curve: the reward and the metric it must follow (the task's primary metric, greedy on val
     at each selection point) first, then the pipeline's score, length and the learners' losses."""
-    from posisp_dist.train.storage import selection_key
+    from posisp_dist.runs.storage import selection_key
 
     return ("charts/episode_reward_mean", selection_key(cfg), "isp/task_score", "isp/length", "losses/entropy",
             "losses/kl", "isp/pathwise_loss")
@@ -23,9 +23,9 @@ def curve_keys(cfg: Config) -> tuple[str, ...]:
 
 def final_report(cfg: Config, tracker: Tracker, checkpoint: str | Path) -> dict[str, Any]:
     """Log val metrics, best_pipelines.json, learning_curve.png and isp_grid.png to the run."""
-    from posisp_dist.train.evaluate import remember_policy_row
-    from posisp_dist.train.figures import learning_curve_png
-    from posisp_dist.train.inference import greedy_on_split, pipeline_summary
+    from posisp_dist.trained.evaluate import remember_policy_row
+    from posisp_dist.trained.figures import learning_curve_png
+    from posisp_dist.trained.inference import greedy_on_split, pipeline_summary
 
     res = greedy_on_split(cfg, checkpoint, "val")
     remember_policy_row(cfg, Path(checkpoint), "val", res)  # `posisp eval --split val` of it: a cache hit
@@ -56,7 +56,7 @@ def final_report(cfg: Config, tracker: Tracker, checkpoint: str | Path) -> dict[
 
 def grid_png(core: Any, res: dict[str, Any], n: int, path: Path) -> Path:
     """Input RAW vs learned ISP for the first `n` images, with ground truth and, for a detector, detections."""
-    from posisp_dist.train.figures import comparison_grid_png
+    from posisp_dist.trained.figures import comparison_grid_png
 
     n = min(n, len(core))
     inputs, outputs = to_numpy(core.images[:n]), to_numpy(res["outputs"][:n])

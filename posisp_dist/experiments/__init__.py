@@ -1,0 +1,1 @@
+"""Experiments over trained methods: one method run, seeds, equal-budget comparisons, their aggregates."""
