@@ -277,9 +277,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from posisp_dist.isp.executor import ISPExecutor
     from posisp_dist.isp.registry import DEFAULT_REGISTRY
     from posisp_dist.isp.xp import get_xp
+    from posisp_dist.runs.storage import fetch_run
     from posisp_dist.trained.apply import apply_files, expand_inputs, output_dir
     from posisp_dist.trained.inference import load_policy
-    from posisp_dist.runs.storage import fetch_run
 
     output_dir(args.output)  # a bad -o or a folder without raw files fails before the policy loads
     expand_inputs(args.inputs)

@@ -104,8 +104,8 @@ def test_tiny_compare_produces_every_row_and_counts_compute(tiny_cfg, tiny_data,
 
 
 def test_budgeted_runs_show_progress_in_the_budgets_unit(tiny_cfg):
-    from posisp_dist.train.driver import _bar_position, _progress_bar
     from posisp_dist.runs.storage import DriverState
+    from posisp_dist.train.driver import _bar_position, _progress_bar
 
     class Bar:  # what the driver asks of tqdm
         def __init__(self, total, desc, disable, unit):
@@ -114,7 +114,7 @@ def test_budgeted_runs_show_progress_in_the_budgets_unit(tiny_cfg):
         def update(self, k):
             self.n += k
 
-    state = DriverState(iteration=3, episodes=150, train_seconds=42.7)
+    state = DriverState(iteration=3, images=150, train_seconds=42.7)
     for ccfg, total, unit, at in [
         (CompareConfig(budget="images", images=100), 100, "img", 100),
         (CompareConfig(budget="wall_clock", wall_clock_s=60), 60, "s", 42),

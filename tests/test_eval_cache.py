@@ -15,9 +15,9 @@ from envs.factory import make_env
 from posisp_dist.cache import ScoreCacheWarning, reset_open_caches
 from posisp_dist.config import Config
 from posisp_dist.policy.rl_module import SequencePolicyModule
+from posisp_dist.runs.tracking import Tracker
 from posisp_dist.trained import evaluate, inference
 from posisp_dist.trained.inference import MODULE_SUBDIR
-from posisp_dist.runs.tracking import Tracker
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """The package's import graph: no import circle between modules, and every import points down the layers
-`isp` <- `data`/`tasks` <- `envs` <- `policy` <- `runs` <- `trained` <- `train` <- `experiments` <- `cli`. Imports inside functions and under
-`if TYPE_CHECKING:` count: a lazy or type-checking-only import hides a circle, it does not remove it."""
+`isp` <- `data`/`tasks` <- `envs` <- `policy` <- `runs` <- `trained` <- `train` <- `experiments` <- `cli`.
+Imports inside functions and under `if TYPE_CHECKING:` count: a lazy or type-checking-only import hides a
+circle, it does not remove it."""
 
 from __future__ import annotations
 

@@ -76,8 +76,8 @@ def test_env_runners_on_two_nodes_read_disjoint_shards_through_the_object_store(
 
 
 def test_the_driver_trains_on_the_cluster_and_logs_where_each_env_runner_ran(tiny_cfg, cluster, tmp_path):
-    from posisp_dist.train.driver import train
     from posisp_dist.runs.tracking import Tracker
+    from posisp_dist.train.driver import train
 
     cfg = cluster_cfg(tiny_cfg, tmp_path)
     summary = train(cfg, progress=False)

@@ -16,9 +16,9 @@ from test_fault_tolerance import _kill_session, _wait_for_iterations, driver_pro
 
 from posisp_dist.config import Config
 from posisp_dist.data.shards import DataError, RawDataset
-from posisp_dist.train.endings import data_error_of
 from posisp_dist.runs.signals import Interrupted, signals_end_the_run, uninterrupted
 from posisp_dist.runs.tracking import END_REASON_TAG, Tracker
+from posisp_dist.train.endings import data_error_of
 
 
 def test_a_corrupt_shard_fails_the_run_naming_the_file_before_any_env_runner_and_keeps_checkpoints(

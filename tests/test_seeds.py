@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from posisp_dist.experiments.seeds import aggregate, markdown, seed_config
+from posisp_dist.experiments.results import aggregate
+from posisp_dist.experiments.seeds import markdown, seed_config
 
 
 def test_each_seed_regenerates_the_data_and_the_task_model():
@@ -27,16 +28,19 @@ def test_a_task_model_from_user_weights_keeps_its_weights_over_seeds(tmp_path):
 
 
 def test_aggregate_is_mean_and_population_std_over_the_seeds_that_have_the_row():
-    seeds = [
-        {"seed": 0, "rows": {"camera_isp": {"map": 12.0, "map50": 19.0}, "sequence_ppo": {"map": 24.0, "map50": 38.0}}},
-        {"seed": 1, "rows": {"camera_isp": {"map": 14.0, "map50": 21.0}, "sequence_ppo": {"map": 28.0, "map50": 42.0}}},
-        {"seed": 2, "rows": {"camera_isp": {"map": 13.0, "map50": 20.0}}},
+    rows = [
+        {"method": "camera_isp", "seed": 0, "map": 12.0, "map50": 19.0},
+        {"method": "sequence_ppo", "seed": 0, "map": 24.0, "map50": 38.0},
+        {"method": "camera_isp", "seed": 1, "map": 14.0, "map50": 21.0},
+        {"method": "sequence_ppo", "seed": 1, "map": 28.0, "map50": 42.0},
+        {"method": "camera_isp", "seed": 2, "map": 13.0, "map50": 20.0},
     ]
-    agg = aggregate(seeds, ["map", "map50"])
-    assert agg["camera_isp"]["map_mean"] == pytest.approx(13.0)
+    agg = {a["method"]: a for a in aggregate(rows, ["map", "map50"])}
+    assert agg["camera_isp"]["map"] == pytest.approx(13.0)
     assert agg["camera_isp"]["map_std"] == pytest.approx(np.std([12.0, 14.0, 13.0]))
-    assert agg["sequence_ppo"]["n_seeds"] == 2 and agg["sequence_ppo"]["map50_mean"] == pytest.approx(40.0)
+    assert agg["sequence_ppo"]["seeds"] == 2 and agg["sequence_ppo"]["map50"] == pytest.approx(40.0)
     metrics = [{"key": "map", "label": "mAP@.5:.95"}, {"key": "map50", "label": "mAP@.5"}]
-    table = markdown({"aggregate": agg, "seeds": seeds, "metrics": metrics})
+    table = markdown({"aggregate": list(agg.values()), "rows": rows, "metrics": metrics})
     assert table.splitlines()[0] == "| method | mAP@.5:.95 | mAP@.5 | per seed (mAP@.5:.95) |"
     assert "| sequence_ppo | 26.0 ± 2.0 | 40.0 ± 2.0 | 24.0, 28.0 |" in table
+    assert "| camera_isp | 13.0 ± 0.8 | 20.0 ± 0.8 | 12.0, 14.0, 13.0 |" in table

@@ -15,9 +15,9 @@ from conftest import tiny_train_yaml
 
 from posisp_dist.cli import main
 from posisp_dist.isp.xp import to_numpy
+from posisp_dist.runs.tracking import Tracker
 from posisp_dist.tasks import Metric, TaskKind, register_task
 from posisp_dist.tasks.registry import task_kinds
-from posisp_dist.runs.tracking import Tracker
 
 TARGET = 0.3
 

@@ -30,9 +30,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def checkpoint_rows(run_id: str, tracking_uri: str | None = None) -> list[dict[str, Any]]:
     """One row per uploaded checkpoint of the run: iteration, val mAP and the val mean of every signal."""
     from envs.factory import CoreSource
+    from posisp_dist.runs.storage import fetch_run
     from posisp_dist.tasks.detector import BuiltinDetector
     from posisp_dist.trained.inference import greedy_on_split
-    from posisp_dist.runs.storage import fetch_run
 
     cfg, _, tracker = fetch_run(run_id, tracking_uri)
     core = CoreSource(cfg, "val").get()

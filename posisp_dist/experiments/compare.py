@@ -3,7 +3,6 @@ random search vs the camera ISP vs input RAW, with equal budgets, over seeds, as
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -17,6 +16,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from envs.factory import env_kind
 from posisp_dist.config import Config, ConfigError, _Strict, load_config
+from posisp_dist.experiments.results import aggregate, metric_columns, table, write_json
+from posisp_dist.experiments.run import RunResult, run_method
 from posisp_dist.methods import METHODS
 
 FIXED = ("random_search", "camera_isp", "input_raw")
@@ -96,42 +97,12 @@ def policy_latency_ms(cfg: Config, checkpoint: str, n: int) -> tuple[float, int]
 
 def learned_row(
     ccfg: CompareConfig, base: Config, method: str, seed: int, parent: str, progress: bool, baselines: bool
-) -> dict:
-    from posisp_dist.train.driver import train
-    from posisp_dist.trained.evaluate import evaluate_run
-    from posisp_dist.runs.storage import open_tracker, selection_key
-
+) -> tuple[dict[str, Any], RunResult]:
+    """-> (a method's row for one seed: `RunResult.row` plus its policy's latency and size, its `RunResult`)."""
     cfg = method_config(base, method, seed, ccfg)
-    t0 = time.perf_counter()
-    summary = train(cfg, progress=progress, parent_run_id=parent)
-    wall = time.perf_counter() - t0
-    payload = evaluate_run(summary["run_id"], ccfg.split, summary["tracking_uri"], False, baselines)
-    rows, metrics = payload["rows"], [m["key"] for m in payload["metrics"]]
-    learned = rows[-1]
-    ms, n_params = policy_latency_ms(cfg, summary["checkpoint"], ccfg.latency_images)
-    curve = val_curve(open_tracker(cfg, summary["tracking_uri"]), summary["run_id"], selection_key(cfg))
-    return {
-        "method": method, "seed": seed, "run_id": summary["run_id"], **{k: learned[k] for k in metrics},
-        "module_runs": summary["module_runs"], "task_images": summary["task_images"], "images": summary["images"],
-        "task_backward_images": summary["task_backward_images"],
-        "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1), "latency_ms": ms,
-        "params": n_params, "curve": curve, "fixed_rows": rows[:-1],
-    }
-
-
-CURVE_COUNTERS = {"images": "charts/episodes_total", "module_runs": "isp/module_runs_total",
-                  "task_images": "isp/task_images_total", "task_backward_images": "isp/task_backward_images_total"}
-
-
-def val_curve(tracker: Any, run_id: str, key: str) -> list[dict[str, float]]:
-    """The primary metric, greedy on val (MLflow `key`), at every selection point of a run, with the training
-    compute spent until then (training images, ISP module runs, task-model forward and backward images),
-    joined on the env step."""
-    counters = {name: dict(tracker.history(k, run_id)) for name, k in CURVE_COUNTERS.items()}
-    return [
-        {"env_steps": step, "val": value, **{name: float(c.get(step, np.nan)) for name, c in counters.items()}}
-        for step, value in tracker.history(key, run_id)
-    ]
+    result = run_method(cfg, ccfg.split, parent_run_id=parent, progress=progress, baselines=baselines)
+    ms, n_params = policy_latency_ms(cfg, result.checkpoint, ccfg.latency_images)
+    return {**result.row(method, seed), "latency_ms": ms, "params": n_params}, result
 
 
 def compute_to_reach(rows: list[dict], method: str, target: str, counter: str = "module_runs") -> dict[str, Any]:
@@ -172,27 +143,9 @@ def fixed_rows(payload_rows: list[dict], base: Config, seed: int, metrics: list[
 
 
 COUNTERS = ("module_runs", "task_images", "task_backward_images", "train_seconds", "latency_ms", "params")
-
-
-def aggregate(rows: list[dict], metrics: list[str]) -> list[dict]:
-    """Mean ± std over seeds per method, of the task's metrics and the compute counters."""
-    out = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        agg: dict[str, Any] = {"method": method, "seeds": len(mine)}
-        for key in (*metrics, *COUNTERS):
-            vals = [float(r[key]) for r in mine if key in r]
-            if vals:
-                agg[key], agg[f"{key}_std"] = float(np.mean(vals)), float(np.std(vals))
-        out.append(agg)
-    return out
-
-
-def _cell(a: dict, key: str, fmt: str = ".1f") -> str:
-    if key not in a:
-        return "–"
-    std = a[f"{key}_std"]
-    return f"{a[key]:{fmt}} ± {std:{fmt}}" if a["seeds"] > 1 and std else f"{a[key]:{fmt}}"
+COUNTER_COLUMNS = [("ISP module runs", "module_runs", ".0f"), ("task-model fwd images", "task_images", ".0f"),
+                   ("task-model bwd images", "task_backward_images", ".0f"), ("train s", "train_seconds", ".0f"),
+                   ("latency ms/img", "latency_ms", ".2f"), ("params", "params", ".0f")]
 
 
 def budget_text(ccfg: CompareConfig) -> str:
@@ -200,19 +153,9 @@ def budget_text(ccfg: CompareConfig) -> str:
 
 
 def markdown(agg: list[dict], ccfg: CompareConfig, metrics: list[dict]) -> str:
-    lines = [
-        f"Budget per method and seed: {budget_text(ccfg)}; seeds {list(ccfg.seeds)} (each regenerates the data and "
-        f"the task model); split `{ccfg.split}`; mean ± std over seeds.",
-        "",
-        "| method | " + " | ".join(m["label"] for m in metrics) + " | ISP module runs | task-model fwd images "
-        "| task-model bwd images | train s | latency ms/img | params |",
-        "|---" * (len(metrics) + 7) + "|",
-    ]
-    keys = [*((m["key"], ".1f") for m in metrics), ("module_runs", ".0f"), ("task_images", ".0f"),
-            ("task_backward_images", ".0f"), ("train_seconds", ".0f"), ("latency_ms", ".2f"), ("params", ".0f")]
-    for a in agg:
-        lines.append(f"| {a['method']} | " + " | ".join(_cell(a, k, f) for k, f in keys) + " |")
-    return "\n".join(lines)
+    head = (f"Budget per method and seed: {budget_text(ccfg)}; seeds {list(ccfg.seeds)} (each regenerates the data "
+            f"and the task model); split `{ccfg.split}`; mean ± std over seeds.")
+    return head + "\n\n" + table(agg, [*metric_columns(metrics), *COUNTER_COLUMNS])
 
 
 def reach_markdown(reach: list[dict]) -> str:
@@ -276,7 +219,7 @@ REACH = (("sequence_ppo", "stepwise_ppo_adaptiveisp"), ("sequence_ppo", "stepwis
 def summarise(ccfg: CompareConfig, rows: list[dict], parent: str | None, metrics: list[dict]) -> dict[str, Any]:
     """Aggregate, table and the compute-to-reach figures of the rows so far (`metrics`: the task's, primary
     first, as in an eval payload)."""
-    agg = aggregate(rows, [m["key"] for m in metrics])
+    agg = aggregate(rows, [*(m["key"] for m in metrics), *COUNTERS])
     methods = {r["method"] for r in rows}
     reach = [compute_to_reach(rows, m, t, c) for m, t in REACH if {m, t} <= methods
              for c in ("module_runs", "task_images")]
@@ -290,8 +233,8 @@ def run_compare(
 ) -> dict[str, Any]:
     """Train and evaluate every method for every seed (nested under one parent MLflow run). With `out_json`
     the payload is rewritten after every trained row, so a stopped comparison keeps what it finished."""
-    from posisp_dist.tasks import task_metrics
     from posisp_dist.runs.storage import open_tracker, resolve_paths
+    from posisp_dist.tasks import task_metrics
 
     base = resolve_paths(base)
     metrics = [m.to_json() for m in task_metrics(base.task)]
@@ -306,10 +249,9 @@ def run_compare(
         for seed in ccfg.seeds:
             for method in ccfg.methods:
                 first = method == ccfg.methods[0]  # the fixed rows: evaluated once per seed
-                row = learned_row(ccfg, base, method, seed, str(tracker.run_id), progress, baselines=first)
+                row, result = learned_row(ccfg, base, method, seed, str(tracker.run_id), progress, baselines=first)
                 if first:
-                    rows += fixed_rows(row.pop("fixed_rows"), method_config(base, method, seed, ccfg), seed, keys)
-                row.pop("fixed_rows", None)
+                    rows += fixed_rows(result.baselines, result.cfg, seed, keys)
                 rows.append(row)
                 if out_json:
                     write_json(out_json, summarise(ccfg, rows, str(tracker.run_id), metrics))
@@ -319,8 +261,3 @@ def run_compare(
         tracker.log_artifact(metric_vs_compute_png(payload["aggregate"], rows, out / "compare.png", metrics[0]))
         tracker.log_dict(payload, "compare_rows.json")
     return payload
-
-
-def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=2, default=str))

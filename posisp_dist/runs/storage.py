@@ -1,7 +1,7 @@
 """Where a run's state lives, shared by training, eval, apply and the benchmarks: the driver's state, the
 run's local checkpoints (newest N plus the best on val), and the MLflow run that holds the uploaded ones.
 
-It sits below the driver, `train.evaluate` and `train.report`, so none of them needs another to find a run.
+It sits below the driver, `trained.evaluate` and `trained.report`, so none of them needs another to find a run.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from posisp_dist.config import Config
 from posisp_dist.paths import resolve
+from posisp_dist.runs.counters import Counters
 from posisp_dist.runs.tracking import Tracker, TrackingError, default_tracking_uri, sqlite_path
 
 STATE_FILE = "driver_state.json"
@@ -23,14 +24,11 @@ BEST_CKPT_TAG = "posisp.best_checkpoint"
 
 
 @dataclass
-class DriverState:
+class DriverState(Counters):
+    """What the driver knows after an iteration: its counters (`Counters`), saved in every checkpoint."""
+
     iteration: int = 0
     env_steps: int = 0
-    episodes: int = 0
-    module_runs: int = 0
-    task_calls: int = 0
-    task_images: int = 0
-    task_backward_images: int = 0  # images whose task loss was backpropagated (pathwise parameter learning)
     train_seconds: float = 0.0
     env_runner_restarts: int = 0
     last_metrics: dict[str, float] = field(default_factory=dict)
@@ -104,6 +102,8 @@ def read_state(ckpt: Path) -> DriverState:
     raw = json.loads((ckpt / STATE_FILE).read_text())
     if "best_val_map" in raw:  # checkpoints written before the task declared its own metrics
         raw["best_val"] = raw.pop("best_val_map")
+    if "episodes" in raw:  # checkpoints written before the counters had one name each
+        raw["images"] = raw.pop("episodes")
     return DriverState(**raw)
 
 

@@ -1,1 +1,1 @@
-"""Training on Ray RLlib: the PPO config and its pathwise learner, the EnvRunner callbacks, the driver loop and how a run ends."""
+"""Training on Ray RLlib: the PPO config, its pathwise learner, EnvRunner callbacks, the driver loop, run endings."""

@@ -6,6 +6,7 @@ from typing import Any
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
+TASK_COUNTERS = ("task_calls", "task_images", "task_backward_images")  # kept by the env's core (envs/core.py)
 EPISODE_METRICS = ("task_score", "ref_score", "cost", "length", "pathwise_loss")
 RESTART_METRIC = "fault/env_runner_restarted_"  # + worker index; summed per iteration
 _restart_reported = False  # once per EnvRunner process: RLlib may rebuild envs within one actor
@@ -56,12 +57,10 @@ class ISPCallbacks(RLlibCallback):
         executor = getattr(core, "executor", None)
         if executor is None:
             return
-        counts = {
+        counts = {  # Counters' names (runs/counters.py), and the kernel calls behind the module runs
             "module_runs": executor.stats.module_runs,
             "module_calls": executor.stats.module_calls,
-            "task_calls": core.task_calls,
-            "task_images": core.task_images,
-            "task_backward_images": core.task_backward_images,
+            **{name: getattr(core, name) for name in TASK_COUNTERS},
         }
         last = getattr(self, "_last_counts", {})
         for key, value in counts.items():

@@ -10,7 +10,6 @@ end) the checkpoint is also uploaded to the MLflow run.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -18,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from posisp_dist.config import Config, flatten
-from posisp_dist.runs.lease import run_lease
 from posisp_dist.methods import method_name
+from posisp_dist.runs.counters import iteration_count
+from posisp_dist.runs.lease import run_lease
 from posisp_dist.runs.provenance import check_data, check_task, provenance_tags
 from posisp_dist.runs.storage import (
     BEST_CKPT_TAG,
@@ -66,7 +66,6 @@ def iteration_metrics(result: dict[str, Any], state: DriverState) -> dict[str, f
         "charts/env_steps_per_s": steps / dt if dt > 0 else None,
         "charts/iteration_seconds": dt,
         "charts/iteration": state.iteration,
-        "charts/episodes_total": state.episodes,  # training images (one episode = one image)
         "losses/policy_loss": learner.get(POLICY_LOSS_KEY),
         "losses/vf_loss": learner.get(VF_LOSS_KEY),
         "losses/entropy": learner.get(ENTROPY_KEY),
@@ -74,14 +73,11 @@ def iteration_metrics(result: dict[str, Any], state: DriverState) -> dict[str, f
         "losses/vf_explained_var": learner.get(LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY),
         "losses/pathwise_grad_norm": learner.get(GRAD_NORM_KEY),
         "losses/pathwise_param_mean": learner.get(PARAM_MEAN_KEY),
-        "isp/module_runs_total": state.module_runs,
-        "isp/task_calls_total": state.task_calls,
-        "isp/task_images_total": state.task_images,
-        "isp/task_backward_images_total": state.task_backward_images,
         "time/sample_s": timers.get(ENV_RUNNER_SAMPLING_TIMER),  # RLlib's timers (EMA-smoothed)
         "time/learner_s": timers.get(LEARNER_UPDATE_TIMER),
         "charts/env_runner_restarts": state.env_runner_restarts,  # lifetime, across resumes (RLlib's is per process)
     }
+    out.update(state.metrics())  # the lifetime counters
     out.update({k: v for k, v in runners.items() if k.startswith(("isp/", "time/"))})
     return {k: float(v) for k, v in out.items() if isinstance(v, int | float)}
 
@@ -129,8 +125,8 @@ def train(
     injection in tests)."""
     from tqdm.auto import tqdm
 
-    from posisp_dist.trained.report import final_report
     from posisp_dist.runs.signals import as_interrupted, signals_end_the_run
+    from posisp_dist.trained.report import final_report
 
     if cfg is None and resume_run_id is None:
         raise ValueError("train needs a config, or a run id to resume")
@@ -180,7 +176,7 @@ def _device(cfg: Config) -> str:
 def _train_loop(
     cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm: Any, on_iteration: Any = None
 ) -> dict[str, Any]:
-    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED, NUM_EPISODES
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
 
     from posisp_dist.train.algo_config import build_algo_config
     from posisp_dist.train.endings import EnvRunnerDataErrors
@@ -220,12 +216,8 @@ def _train_loop(
             data_errors.raise_if_any()  # before this iteration, trained on part of the data, is checkpointed
             runners = result.get(ENV_RUNNER_RESULTS, {})
             state.iteration += 1
-            state.env_steps += _count(runners, NUM_ENV_STEPS_SAMPLED)
-            state.episodes += _count(runners, NUM_EPISODES)
-            state.module_runs += _count(runners, "isp/module_runs")
-            state.task_calls += _count(runners, "isp/task_calls")
-            state.task_images += _count(runners, "isp/task_images")
-            state.task_backward_images += _count(runners, "isp/task_backward_images")
+            state.env_steps += iteration_count(runners, NUM_ENV_STEPS_SAMPLED)
+            state.add_iteration(runners)
             state.train_seconds += time.perf_counter() - t0
             restarts = restart_events(runners, state.iteration, state.env_steps)
             state.env_runner_restarts += len(restarts)
@@ -265,11 +257,7 @@ def _train_loop(
         "checkpoint": str(ckpt),
         "iterations": state.iteration,
         "env_steps": state.env_steps,
-        "images": state.episodes,
-        "module_runs": state.module_runs,
-        "task_calls": state.task_calls,
-        "task_images": state.task_images,
-        "task_backward_images": state.task_backward_images,
+        **state.counts(),
         "train_seconds": round(state.train_seconds, 2),
         "final_reward_mean": state.last_metrics.get("charts/episode_reward_mean"),
         "best_val_iteration": state.best_iteration or None,
@@ -297,16 +285,6 @@ def _select_on_val(
     return core
 
 
-def _count(runners: dict[str, Any], key: str) -> int:
-    """An EnvRunner counter of this iteration; 0 when absent or NaN (RLlib reports NaN for an iteration in
-    which a restarted EnvRunner delivered nothing)."""
-    try:
-        value = float(runners.get(key) or 0)  # RLlib hands NumPy scalars as well as Python numbers
-    except (TypeError, ValueError):
-        return 0
-    return int(value) if math.isfinite(value) else 0
-
-
 def _progress_bar(tqdm: Any, cfg: Config, total: int, state: DriverState, progress: bool) -> Any:
     """Iterations, or the budget's own unit (training seconds, images) when a budget ends the run."""
     t = cfg.train
@@ -326,7 +304,7 @@ def _bar_position(cfg: Config, state: DriverState) -> int:
     if t.time_budget_s:
         return min(int(state.train_seconds), int(t.time_budget_s))
     if t.image_budget:
-        return min(state.episodes, t.image_budget)
+        return min(state.images, t.image_budget)
     return state.iteration
 
 
@@ -335,7 +313,7 @@ def _budget_spent(cfg: Config, state: DriverState) -> bool:
     t = cfg.train
     return bool(
         (t.time_budget_s and state.train_seconds >= t.time_budget_s)
-        or (t.image_budget and state.episodes >= t.image_budget)
+        or (t.image_budget and state.images >= t.image_budget)
     )
 
 

@@ -1,1 +1,1 @@
-"""Using a trained policy: greedy inference, evaluation against the baselines, reports and figures, applying it to files."""
+"""Using a trained policy: greedy inference, evaluation against the baselines, reports, figures, apply."""

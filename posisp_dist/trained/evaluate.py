@@ -23,8 +23,8 @@ from posisp_dist.runs.tracking import TrackingError
 def policy_row(cfg: Config, ckpt: Path, split: str, res: dict[str, Any] | None = None) -> dict[str, Any]:
     """The learned policy's row: metrics and the greedy pipeline of every image of `split` (from `res`, a
     `greedy_on_split` result, when the caller already has one)."""
-    from posisp_dist.trained.inference import greedy_on_split
     from posisp_dist.methods import method_name
+    from posisp_dist.trained.inference import greedy_on_split
 
     res = res or greedy_on_split(cfg, ckpt, split)
     core = res["core"]
