@@ -1,70 +1,74 @@
-"""The one table of learned methods: each row's name, and the config fields that make it that method.
+"""The one table of learned methods: each row's name and the config fields that make a config that method.
 
-`posisp compare` reads it forwards (a name -> the overrides to train it), eval rows, MLflow tags and
-`posisp seeds` read it backwards (a config -> its name); both come from the same rows.
+`posisp compare` reads it forwards (a name -> the fields to set to train it); run names, MLflow tags, eval
+rows and `posisp seeds` read it backwards (a config -> the row it matches). A new method is one more row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from posisp_dist.config import Config
+
+Fields = dict[str, dict[str, Any]]  # config section -> field -> value
 
 
 @dataclass(frozen=True)
 class Method:
-    """A learned method: the formulation (sequence-level POS-ISP or step-wise AdaptiveISP-style), whether the
-    policy sees the image, AdaptiveISP's compute profile, and how the module parameters are learned."""
+    """A learned method: its row name, what it trains (the config fields that select it) and a line saying so."""
 
-    env_kind: Literal["sequence", "stepwise"] = "sequence"
-    image_blind: bool = False
-    all_modules_per_step: bool = False
-    param_learning: Literal["pathwise", "ppo"] = "pathwise"
+    name: str
+    trains: Fields
+    doc: str
+
+    def overrides(self) -> Fields:
+        """Config section -> fields that select this method (a copy, for editing a raw config)."""
+        return {section: dict(values) for section, values in self.trains.items()}
+
+    def matches(self, cfg: Config) -> bool:
+        return all(getattr(getattr(cfg, s), k) == v for s, fields in self.trains.items() for k, v in fields.items())
 
     @property
-    def name(self) -> str:
-        """sequence_ppo[_blind] | stepwise_ppo[_adaptiveisp], + `_ppo_params` when PPO learns the parameters."""
-        if self.env_kind == "stepwise":
-            base = "stepwise_ppo_adaptiveisp" if self.all_modules_per_step else "stepwise_ppo"
-        else:
-            base = "sequence_ppo_blind" if self.image_blind else "sequence_ppo"
-        return base if self.param_learning == "pathwise" else f"{base}_ppo_params"
+    def param_learning(self) -> str:
+        return self.trains["policy"]["param_learning"]
 
-    def overrides(self) -> dict[str, dict[str, Any]]:
-        """Config section -> fields that select this method."""
-        env: dict[str, Any] = {"kind": self.env_kind}
-        if self.env_kind == "stepwise":
-            env["all_modules_per_step"] = self.all_modules_per_step
-        return {"env": env, "policy": {"image_blind": self.image_blind, "param_learning": self.param_learning}}
+    @property
+    def size(self) -> int:
+        return sum(len(fields) for fields in self.trains.values())
 
 
-def _table() -> dict[str, Method]:
-    rows = []
-    for learning in ("pathwise", "ppo"):
-        rows += [
-            Method("sequence", param_learning=learning),
-            Method("sequence", image_blind=True, param_learning=learning),
-            Method("stepwise", param_learning=learning),
-            Method("stepwise", all_modules_per_step=True, param_learning=learning),
-        ]
-    return {m.name: m for m in rows}
+def _row(name: str, doc: str, env: dict[str, Any], policy: dict[str, Any], **more: dict[str, Any]) -> list[Method]:
+    """The method with pathwise parameters, and its variant with PPO-learned parameters (`<name>_ppo_params`)."""
+    return [
+        Method(name, {"env": env, "policy": {**policy, "param_learning": "pathwise"}, **more}, doc),
+        Method(f"{name}_ppo_params", {"env": env, "policy": {**policy, "param_learning": "ppo"}, **more},
+               f"{doc}; PPO learns the parameters too"),
+    ]
 
 
-METHODS: dict[str, Method] = _table()
+_SEQUENCE, _STEPWISE = {"kind": "sequence"}, {"kind": "stepwise", "all_modules_per_step": False}
+_GAE = {"ppo": {"advantages": "gae"}}
+METHODS: dict[str, Method] = {m.name: m for m in [
+    *_row("sequence_ppo", "POS-ISP: the whole pipeline from one forward pass, trained on its terminal reward",
+          _SEQUENCE, {"image_blind": False}, **_GAE),
+    *_row("sequence_ppo_blind", "POS-ISP's image-blind ablation: one pipeline distribution for every image",
+          _SEQUENCE, {"image_blind": True}, **_GAE),
+    *_row("stepwise_ppo", "AdaptiveISP-style: one module per step, a reward per step", _STEPWISE,
+          {"image_blind": False}),
+    *_row("stepwise_ppo_adaptiveisp", "step-wise with AdaptiveISP's compute: every module runs at every step",
+          {**_STEPWISE, "all_modules_per_step": True}, {"image_blind": False}),
+]}
 
 
 def method_of(cfg: Config) -> Method:
-    """The method a config trains (step-wise policies always see the image)."""
-    stepwise = cfg.env.kind == "stepwise"
-    return Method(
-        env_kind=cfg.env.kind,
-        image_blind=cfg.policy.image_blind and not stepwise,
-        all_modules_per_step=cfg.env.all_modules_per_step and stepwise,
-        param_learning=cfg.policy.param_learning,
-    )
+    """The most specific row whose fields the config has."""
+    found = [m for m in METHODS.values() if m.matches(cfg)]
+    if not found:  # a combination no row names (a step-wise policy that is image-blind): named, not refused
+        return Method(f"{cfg.env.kind}_custom", {}, "no row of the method table matches this config")
+    return max(found, key=lambda m: m.size)
 
 
 def method_name(cfg: Config) -> str:
-    """The row name of a trained policy (see `Method.name`)."""
+    """The row name of a trained policy."""
     return method_of(cfg).name
