@@ -58,6 +58,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
           {"image_blind": False}),
     *_row("stepwise_ppo_adaptiveisp", "step-wise with AdaptiveISP's compute: every module runs at every step",
           {**_STEPWISE, "all_modules_per_step": True}, {"image_blind": False}),
+    Method("sequence_ppo_terminal", {"env": _SEQUENCE, "policy": {"image_blind": False, "param_learning": "pathwise"},
+                                     "ppo": {"advantages": "terminal"}},
+           "sequence_ppo with advantages = reward - V(s) on the real rows only (no bootstrap rows, no GAE)"),
 ]}
 
 
