@@ -176,57 +176,20 @@ def _device(cfg: Config) -> str:
 def _train_loop(
     cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm: Any, on_iteration: Any = None
 ) -> dict[str, Any]:
-    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
-
+    """Iterate until `total` iterations or the budget: train, account and checkpoint, select on val, upload."""
     from posisp_dist.train.algo_config import build_algo_config
     from posisp_dist.train.endings import EnvRunnerDataErrors
-    from posisp_dist.train.runners import restart_events
 
-    run_id = str(tracker.run_id)
-    local = Checkpoints(Path(cfg.train.out_dir) / run_id / "checkpoints", cfg.train.keep_checkpoints)
-    shipment = None
-    if cfg.data.transport == "object_store":  # EnvRunners on other nodes read no disk: ship shards and weights
-        from posisp_dist.data.transport import ship
-
-        shipment = ship(cfg)
-    algo = build_algo_config(cfg, shipment).build_algo()
-    state = DriverState()
-    data_errors = EnvRunnerDataErrors()  # a corrupt shard in a remote EnvRunner fails the run, naming the file
+    local = Checkpoints(Path(cfg.train.out_dir) / str(tracker.run_id) / "checkpoints", cfg.train.keep_checkpoints)
+    algo = build_algo_config(cfg, _shipment(cfg)).build_algo()
     try:
-        ckpt = find_resume_checkpoint(tracker, local)
-        if ckpt is not None:
-            algo.restore_from_path(str(ckpt))
-            state = read_state(ckpt)
-            logged = {int(v) for _, v in tracker.history("charts/iteration")}
-            if state.iteration and state.iteration not in logged:  # killed between checkpoint and log
-                tracker.log_metrics(state.last_metrics, step=state.env_steps)
-            state.events.append({"event": "resumed", "iteration": state.iteration, "time": time.time()})
-            _log_events(tracker, state)
-        first = state.iteration + 1
+        state = _restore(algo, tracker, local)
         bar = _progress_bar(tqdm, cfg, total, state, progress)
-        uploaded, val_core = None, None
+        first, uploaded, val_core = state.iteration + 1, None, None
+        data_errors = EnvRunnerDataErrors()  # a corrupt shard in a remote EnvRunner fails the run, naming the file
         while state.iteration < total:
-            t0 = time.perf_counter()
-            try:
-                with data_errors:
-                    result = algo.train()
-            except Exception as exc:  # e.g. no samples at all once every runner failed: the data error says why
-                data_errors.raise_if_any(exc)
-                raise
-            data_errors.raise_if_any()  # before this iteration, trained on part of the data, is checkpointed
-            runners = result.get(ENV_RUNNER_RESULTS, {})
-            state.iteration += 1
-            state.env_steps += iteration_count(runners, NUM_ENV_STEPS_SAMPLED)
-            state.add_iteration(runners)
-            state.train_seconds += time.perf_counter() - t0
-            restarts = restart_events(runners, state.iteration, state.env_steps)
-            state.env_runner_restarts += len(restarts)
-            state.events += restarts
-            state.last_metrics = iteration_metrics(result, state)
-            ckpt = local.save(algo, state)
-            tracker.log_metrics(state.last_metrics, step=state.env_steps)
-            if restarts or state.iteration == first:
-                _log_events(tracker, state, algo)
+            result, seconds = _train_iteration(algo, data_errors)
+            ckpt = _account(algo, tracker, local, state, result, seconds, log_runners=state.iteration + 1 == first)
             spent = _budget_spent(cfg, state)
             last = state.iteration == total or spent  # a budget's last iteration is scored on val too
             if cfg.train.val_every and (state.iteration % cfg.train.val_every == 0 or last):
@@ -240,19 +203,11 @@ def _train_loop(
             if spent:
                 break
         bar.close()
-        ckpt = local.latest()
-        if ckpt is not None and uploaded != ckpt.name:
-            upload_checkpoint(tracker, ckpt)
-        if state.best_iteration:  # kept here, or uploaded before local checkpoints were lost: the one it names
-            restore_best(tracker, local, run_id, tracker.get_run().data.tags.get(BEST_CKPT_TAG))
-        if local.best() is not None:
-            tracker.log_artifact(local.best(), "checkpoints/best")
-            tracker.set_tags({BEST_CKPT_TAG: "checkpoints/best"})
-            ckpt = local.best()
+        ckpt = _final_checkpoint(tracker, local, state, uploaded)
     finally:
         algo.stop()
     return {
-        "run_id": run_id,
+        "run_id": str(tracker.run_id),
         "tracking_uri": tracker.uri,
         "checkpoint": str(ckpt),
         "iterations": state.iteration,
@@ -262,6 +217,86 @@ def _train_loop(
         "final_reward_mean": state.last_metrics.get("charts/episode_reward_mean"),
         "best_val_iteration": state.best_iteration or None,
     }
+
+
+def _shipment(cfg: Config) -> Any:
+    """With `data.transport: object_store`, the shards and weights shipped to EnvRunners that read no disk."""
+    if cfg.data.transport != "object_store":
+        return None
+    from posisp_dist.data.transport import ship
+
+    return ship(cfg)
+
+
+def _restore(algo: Any, tracker: Tracker, local: Checkpoints) -> DriverState:
+    """Resume from the run's newest checkpoint (re-logging the metrics of an iteration that was checkpointed but
+    never logged), or start a fresh state."""
+    ckpt = find_resume_checkpoint(tracker, local)
+    if ckpt is None:
+        return DriverState()
+    algo.restore_from_path(str(ckpt))
+    state = read_state(ckpt)
+    logged = {int(v) for _, v in tracker.history("charts/iteration")}
+    if state.iteration and state.iteration not in logged:  # killed between checkpoint and log
+        tracker.log_metrics(state.last_metrics, step=state.env_steps)
+    state.events.append({"event": "resumed", "iteration": state.iteration, "time": time.time()})
+    _log_events(tracker, state)
+    return state
+
+
+def _train_iteration(algo: Any, data_errors: Any) -> tuple[dict[str, Any], float]:
+    """One `algo.train()` -> (its result, seconds); a data error an EnvRunner met fails the run here, before an
+    iteration trained on part of the data is checkpointed."""
+    t0 = time.perf_counter()
+    try:
+        with data_errors:
+            result = algo.train()
+    except Exception as exc:  # e.g. no samples at all once every runner failed: the data error says why
+        data_errors.raise_if_any(exc)
+        raise
+    data_errors.raise_if_any()
+    return result, time.perf_counter() - t0
+
+
+def _account(
+    algo: Any, tracker: Tracker, local: Checkpoints, state: DriverState, result: dict[str, Any], seconds: float,
+    log_runners: bool,
+) -> Path:
+    """Count the iteration into `state`, checkpoint it (state and metrics inside), then log its metrics: a run
+    killed in between re-logs them on resume, so no iteration is lost or counted twice."""
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
+
+    from posisp_dist.train.runners import restart_events
+
+    runners = result.get(ENV_RUNNER_RESULTS, {})
+    state.iteration += 1
+    state.env_steps += iteration_count(runners, NUM_ENV_STEPS_SAMPLED)
+    state.add_iteration(runners)
+    state.train_seconds += seconds
+    restarts = restart_events(runners, state.iteration, state.env_steps)
+    state.env_runner_restarts += len(restarts)
+    state.events += restarts
+    state.last_metrics = iteration_metrics(result, state)
+    ckpt = local.save(algo, state)
+    tracker.log_metrics(state.last_metrics, step=state.env_steps)
+    if restarts or log_runners:
+        _log_events(tracker, state, algo)
+    return ckpt
+
+
+def _final_checkpoint(tracker: Tracker, local: Checkpoints, state: DriverState, uploaded: str | None) -> Path | None:
+    """Upload the newest checkpoint if not yet, and keep the best on val as the run's checkpoint (restored from
+    MLflow if the local copies were lost); -> the checkpoint the run ends with."""
+    ckpt = local.latest()
+    if ckpt is not None and uploaded != ckpt.name:
+        upload_checkpoint(tracker, ckpt)
+    if state.best_iteration:  # kept here, or uploaded before local checkpoints were lost: the one it names
+        restore_best(tracker, local, str(tracker.run_id), tracker.get_run().data.tags.get(BEST_CKPT_TAG))
+    if local.best() is not None:
+        tracker.log_artifact(local.best(), "checkpoints/best")
+        tracker.set_tags({BEST_CKPT_TAG: "checkpoints/best"})
+        ckpt = local.best()
+    return ckpt
 
 
 def _select_on_val(
