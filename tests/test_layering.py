@@ -20,7 +20,7 @@ LAYERS = {  # subpackage (or top-level module) of posisp_dist, and `envs` -> its
     "trained": 5,  # using a trained policy: inference, evaluation, reports, apply
     "train": 6, "benchmarks": 6,  # training on Ray RLlib
     "experiments": 7,  # runs of methods over seeds and budgets
-    "cli": 8, "__main__": 9,  # `posisp_dist` itself and `python -m posisp_dist`
+    "cli": 8, "commands": 8, "__main__": 9,  # `posisp_dist` itself and `python -m posisp_dist`
 }
 
 
