@@ -48,18 +48,21 @@ def run_fixed(executor: ISPExecutor, images: Any, tokens: np.ndarray, params: np
 
 
 def random_search(cfg: Config, task: TaskModel, val: RawBatch, executor: ISPExecutor) -> dict[str, Any]:
-    """Best of `n_pipelines` random fixed pipelines by mean task score on (a subset of) the val split."""
+    """Best of `n_pipelines` random fixed pipelines by mean task score on (a subset of) the val split, with the
+    compute the search spent (ISP module runs, task-model images)."""
     bc = cfg.baselines
     rng = np.random.default_rng(bc.seed)
     tokens, params = random_pipelines(rng, bc.n_pipelines, bc.max_len, executor.registry, cfg.isp.modules)
     sub = val.take(np.arange(min(len(val), bc.search_images)))
     base = render_reference(sub, "input_raw", executor.xp)
+    runs_before = executor.stats.module_runs
     scores = [
         float(np.mean(task.score(run_fixed(executor, base, t, p), sub.targets)))
         for t, p in zip(tokens, params, strict=True)
     ]
     best = int(np.argmax(scores))
-    return {"tokens": tokens[best], "params": params[best], "val_score": scores[best], "tried": len(scores)}
+    return {"tokens": tokens[best], "params": params[best], "val_score": scores[best], "tried": len(scores),
+            "module_runs": executor.stats.module_runs - runs_before, "task_images": len(scores) * len(sub)}
 
 
 def baseline_table(
@@ -83,6 +86,8 @@ def baseline_table(
             "score": float(np.mean(task.score(img, data.targets))),
             "pipeline": executor.decode(found["tokens"], found["params"]).to_json(),
             "pipelines_tried": found["tried"],
+            "module_runs": found["module_runs"],  # the search's compute (the references spend none)
+            "task_images": found["task_images"],
         }
     )
     return rows

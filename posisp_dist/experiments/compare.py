@@ -10,7 +10,6 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
@@ -123,21 +122,12 @@ def compute_to_reach(rows: list[dict], method: str, target: str, counter: str = 
     return {"method": method, "target": target, "counter": counter, "seeds": out}
 
 
-def fixed_rows(payload_rows: list[dict], base: Config, seed: int, metrics: list[str]) -> list[dict]:
-    """Random search, camera ISP and input RAW; random search's compute is its search on val images."""
-    from posisp_dist.baselines.table import random_pipelines
-    from posisp_dist.isp.executor import sequence_lengths
-    from posisp_dist.isp.registry import DEFAULT_REGISTRY
-
-    bc = base.baselines
-    tokens, _ = random_pipelines(np.random.default_rng(bc.seed), bc.n_pipelines, bc.max_len, DEFAULT_REGISTRY,
-                                 base.isp.modules)
-    search = {"module_runs": int(sequence_lengths(tokens, DEFAULT_REGISTRY.n_modules).sum()) * bc.search_images,
-              "task_images": bc.n_pipelines * bc.search_images}
-    none = {"module_runs": 0, "task_images": 0}
+def fixed_rows(payload_rows: list[dict], seed: int, metrics: list[str]) -> list[dict]:
+    """Random search, camera ISP and input RAW, with the compute each spent (random search's: its search on val
+    images, as counted by the baselines' table; the references: none)."""
     return [
         {"method": r["method"], "seed": seed, **{k: r[k] for k in metrics},
-         **(search if r["method"] == "random_search" else none)}
+         "module_runs": r.get("module_runs", 0), "task_images": r.get("task_images", 0)}
         for r in payload_rows if r["method"] in FIXED
     ]
 
@@ -251,7 +241,7 @@ def run_compare(
                 first = method == ccfg.methods[0]  # the fixed rows: evaluated once per seed
                 row, result = learned_row(ccfg, base, method, seed, str(tracker.run_id), progress, baselines=first)
                 if first:
-                    rows += fixed_rows(result.baselines, result.cfg, seed, keys)
+                    rows += fixed_rows(result.baselines, seed, keys)
                 rows.append(row)
                 if out_json:
                     write_json(out_json, summarise(ccfg, rows, str(tracker.run_id), metrics))
