@@ -54,9 +54,10 @@ class StepResult:
     length: np.ndarray  # (N,)
     tokens: np.ndarray  # (N, L)
     params: np.ndarray  # (N, P) normalised
-    output: Any = None  # (N, H, W, 3) ISP outputs, when asked for
+    output: Any = None  # (N, H, W, 3) ISP outputs (`evaluate` keeps them only when asked for)
     param_grad: np.ndarray | None = None  # (N, P) d(task loss + brightness penalty)/d(normalised params)
     pathwise_loss: np.ndarray | None = None  # (N,) that loss, from the torch twin
+    penalty: Any = None  # (N,) brightness penalty of the outputs (0 when the penalty is off)
 
 
 class ISPTaskCore:
@@ -147,30 +148,42 @@ class ISPTaskCore:
         keep_output: bool = False,
         param_grad: bool = False,
     ) -> StepResult:
-        """Run N pipelines on images `idx` in one executor call and score them in one task batch. With
-        `param_grad` (the pathwise learner) the pipelines run once through the differentiable torch twin
-        instead, and the same task-model forward pass gives the score and, backpropagated, the gradient of
-        each image's task loss w.r.t. its normalised params."""
+        """Whole pipelines on the input renderings of images `idx` (the sequence env's step): `step` from the
+        reference score and penalty, after checking the actions; a STOP-only pipeline is the input itself, reward
+        exactly 0."""
         idx = np.asarray(idx)
         t, p = self.check_action(tokens, params, len(idx), max_len or np.asarray(tokens).shape[-1])
-        targets = [self.targets[i] for i in idx]
+        ref_pen = self.ref_penalty[idx] if self.use_brightness else np.zeros(len(idx))
+        r = self.step(self.images[self.xp.asarray(idx)], idx, t, p, self.ref_score[idx], ref_pen, param_grad=param_grad)
+        r.reward = np.where(r.length == 0, 0.0, r.reward)
+        r.output = r.output if keep_output else None
+        return r
+
+    def step(
+        self, images: Any, idx: np.ndarray, tokens: np.ndarray, params: np.ndarray, prev_score: np.ndarray,
+        prev_penalty: np.ndarray, param_grad: bool = False, outputs: Any = None,
+    ) -> StepResult:
+        """The one env step of both envs: N checked pipelines (`tokens` (N, L), `params` (N, P)) on `images`
+        (renderings of the core's images `idx`) in one executor call, scored in one task batch, rewarded for the
+        change from `prev_score` and `prev_penalty`. With `param_grad` (the pathwise learner) the pipelines run
+        once through the differentiable torch twin instead, and the same task-model forward pass gives the score
+        and, backpropagated, each image's gradient w.r.t. its normalised params. `outputs`: the pipelines'
+        outputs when the caller ran them already (AdaptiveISP's every-module step)."""
         grad = loss = None
         if param_grad:
-            out, score, grad, loss = self.pathwise(self.images[self.xp.asarray(idx)], t, p, idx)
+            out, score, grad, loss = self.pathwise(images, tokens, params, idx)
         else:
-            out = self.executor.run(self.images[self.xp.asarray(idx)], t, p)
-            score = np.asarray(self.task.score(out, targets), np.float64)
+            out = outputs if outputs is not None else self.executor.run(images, tokens, params)
+            score = np.asarray(self.task.score(out, [self.targets[i] for i in idx]), np.float64)
         self.task_calls += 1
         self.task_images += len(idx)
-        length = sequence_lengths(t, self.registry.n_modules)
+        length = sequence_lengths(tokens, self.registry.n_modules)
         costs = np.concatenate([self.registry.costs, [0.0]])
-        running = np.arange(t.shape[1])[None, :] < length[:, None]  # positions before each row's STOP
-        cost = np.where(running, costs[t], 0.0).sum(axis=1)
-        pen, ref_pen = (brightness_penalty(out, self.xp), self.ref_penalty[idx]) if self.use_brightness else (0.0, 0.0)
-        reward = isp_reward(score, self.ref_score[idx], pen, ref_pen, cost, self.cost_lambda)
-        reward = np.where(length == 0, 0.0, reward)  # STOP-only: the input itself, exactly 0
-        kept = out if keep_output else None
-        return StepResult(reward, score, self.ref_score[idx], cost, length, t, p, kept, grad, loss)
+        running = np.arange(tokens.shape[1])[None, :] < length[:, None]  # positions before each row's STOP
+        cost = np.where(running, costs[tokens], 0.0).sum(axis=1)
+        pen = brightness_penalty(out, self.xp) if self.use_brightness else np.zeros(len(idx))
+        reward = isp_reward(score, prev_score, pen, prev_penalty, cost, self.cost_lambda)
+        return StepResult(reward, score, self.ref_score[idx], cost, length, tokens, params, out, grad, loss, pen)
 
     def pathwise(self, images: Any, tokens: np.ndarray, params: np.ndarray, idx: np.ndarray) -> tuple[Any, ...]:
         """`images` (N, H, W, 3, an `xp` batch; renderings of the core's images `idx`) through the pipelines of

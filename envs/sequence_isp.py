@@ -7,9 +7,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, VectorEnv
 
 from envs.core import CoreBound, DataSource, ISPTaskCore, StepResult
+from envs.vector import ISPVectorEnv
 
 
 def action_parts(action: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -105,43 +105,43 @@ class SequenceISPEnv(CoreBound, gym.Env):
         return obs, float(r.reward[0]), True, False, _info(self.core, r, 0)
 
 
-class SequenceISPVectorEnv(CoreBound, VectorEnv):
+class SequenceISPVectorEnv(ISPVectorEnv):
     """N copies of `SequenceISPEnv` stepped together: one executor call and one task batch per step.
 
     Autoreset is NEXT_STEP (Gymnasium's default): after the single-step episodes end, the following
     `step` resets the sub-envs and returns reward 0 with `terminated=False`.
     """
 
-    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
-
     def __init__(
         self, core: DataSource, num_envs: int, max_len: int = 10, param_grad: bool = False
     ) -> None:
-        self.source, self.num_envs, self.max_len, self.param_grad = core, num_envs, max_len, param_grad
-        single = SequenceISPEnv(core, max_len, param_grad)
-        self.single_observation_space = single.observation_space
-        self.single_action_space = single.action_space
-        self.observation_space = gym.vector.utils.batch_space(single.observation_space, num_envs)
-        self.action_space = gym.vector.utils.batch_space(single.action_space, num_envs)
+        self.max_len, self.param_grad = max_len, param_grad
+        self._spaces(core, num_envs, SequenceISPEnv(core, max_len, param_grad))
         self._idx = np.zeros(num_envs, np.int64)
-        self._needs_reset = True
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
-        self._idx = self.np_random.integers(len(self.core), size=self.num_envs)
-        self._needs_reset = False
-        return self.core.previews[self._idx], {"image_id": self.core.batch.ids[self._idx]}
+    def _start(self, which: np.ndarray) -> None:
+        if which.any():
+            self._idx[which] = self.np_random.integers(len(self.core), size=int(which.sum()))
 
-    def step(self, actions: dict[str, Any]):
-        if self._needs_reset:  # NEXT_STEP autoreset: this call only starts new episodes
-            obs, info = self.reset()
-            zeros = np.zeros(self.num_envs)
-            return obs, zeros, zeros.astype(bool), zeros.astype(bool), info
-        tokens, params = actions["modules"], actions["params"]
-        r = self.core.evaluate(self._idx, tokens, params, self.max_len, param_grad=self.param_grad)
-        obs = self.core.previews[self._idx]
-        self._needs_reset = True
-        done = np.ones(self.num_envs, bool)
+    def _act(self, active: np.ndarray, actions: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        n, rows = self.num_envs, np.nonzero(active)[0]
+        if not len(rows):
+            return np.zeros(n), np.zeros(n, bool), {}
+        tokens, params = np.asarray(actions["modules"])[rows], np.asarray(actions["params"])[rows]
+        r = self.core.evaluate(self._idx[rows], tokens, params, self.max_len, param_grad=self.param_grad)
         info = {"task_score": r.task_score, "ref_score": r.ref_score, "cost": r.cost, "length": r.length}
         info.update(_pathwise_info(r, slice(None)))
-        return obs, r.reward, done, np.zeros(self.num_envs, bool), info
+        return _scatter(r.reward, rows, n), active.copy(), {k: _scatter(v, rows, n) for k, v in info.items()}
+
+    def _observation(self) -> np.ndarray:
+        return self.core.previews[self._idx]
+
+    def _image_ids(self) -> np.ndarray:
+        return self.core.batch.ids[self._idx]
+
+
+def _scatter(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """(len(rows), ...) values of the active sub-envs -> (n, ...), zero elsewhere."""
+    full = np.zeros((n, *np.shape(values)[1:]), np.asarray(values).dtype)
+    full[rows] = values
+    return full

@@ -11,10 +11,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, VectorEnv
 
-from envs.core import CoreBound, DataSource, ISPTaskCore, area_downsample, brightness_penalty, isp_reward
+from envs.core import CoreBound, DataSource, ISPTaskCore, area_downsample
 from envs.sequence_isp import action_parts, sequence_action_space
+from envs.vector import ISPVectorEnv
 from posisp_dist.isp.xp import to_numpy
 
 
@@ -72,28 +72,19 @@ class StepwiseEpisodes:
         run = active & (t != stop)
         rows = np.nonzero(run)[0]
         if len(rows):
-            sel = xp.asarray(rows)
-            if self.all_modules:  # AdaptiveISP: every module runs on every image, one output is kept
+            sel, outputs = xp.asarray(rows), None
+            if self.all_modules:  # AdaptiveISP's compute: every module runs on every image, one output is kept
                 m = core.registry.n_modules
                 every = np.tile(np.arange(m), len(rows))[:, None]
                 grid = core.executor.run(xp.repeat(self.images[sel], m, axis=0), every, np.repeat(p[rows], m, axis=0))
-                out = grid[xp.asarray(np.arange(len(rows)) * m + t[rows])]
+                outputs = grid[xp.asarray(np.arange(len(rows)) * m + t[rows])]
+            r = core.step(self.images[sel], self.idx[rows], t[rows][:, None], p[rows], self.score[rows],
+                          self.penalty[rows], param_grad=self.param_grad, outputs=outputs)
+            cost[rows] = r.cost
+            reward[rows] = r.reward - self.reuse_penalty * self.used[rows, t[rows]]
             if self.param_grad:  # the chosen module through its torch twin into the task loss (same values)
-                out, score, grad[rows], loss[rows] = core.pathwise(
-                    self.images[sel], t[rows][:, None], p[rows], self.idx[rows]
-                )
-            else:
-                if not self.all_modules:
-                    out = core.executor.run(self.images[sel], t[rows][:, None], p[rows])
-                score = np.asarray(core.task.score(out, [core.targets[i] for i in self.idx[rows]]), np.float64)
-            core.task_calls += 1
-            core.task_images += len(rows)
-            pen = brightness_penalty(out, xp) if core.use_brightness else np.zeros(len(rows))
-            cost[rows] = core.registry.costs[t[rows]]
-            reused = self.used[rows, t[rows]]
-            reward[rows] = isp_reward(score, self.score[rows], pen, self.penalty[rows], cost[rows], core.cost_lambda)
-            reward[rows] -= self.reuse_penalty * reused
-            self.images[sel], self.score[rows], self.penalty[rows] = out, score, pen
+                grad[rows], loss[rows] = r.param_grad, r.pathwise_loss
+            self.images[sel], self.score[rows], self.penalty[rows] = r.output, r.task_score, r.penalty
             self.used[rows, t[rows]] = True
         self.step_count[active] += 1
         terminated = active & ((t == stop) | (self.step_count >= self.max_steps))
@@ -179,10 +170,8 @@ class StepwiseISPEnv(CoreBound, gym.Env):
         return self._ep.observation()[0], float(r["reward"][0]), self._done, False, info
 
 
-class StepwiseISPVectorEnv(CoreBound, VectorEnv):
+class StepwiseISPVectorEnv(ISPVectorEnv):
     """N step-wise episodes stepped together (one executor call, one task batch per step); NEXT_STEP autoreset."""
-
-    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(
         self,
@@ -193,13 +182,9 @@ class StepwiseISPVectorEnv(CoreBound, VectorEnv):
         all_modules: bool = False,
         param_grad: bool = False,
     ) -> None:
-        single = StepwiseISPEnv(core, max_steps, reuse_penalty, all_modules, param_grad)
-        self.source, self.num_envs, self._single = core, num_envs, single
-        self.single_observation_space, self.single_action_space = single.observation_space, single.action_space
-        self.observation_space = gym.vector.utils.batch_space(single.observation_space, num_envs)
-        self.action_space = gym.vector.utils.batch_space(single.action_space, num_envs)
+        self._single = StepwiseISPEnv(core, max_steps, reuse_penalty, all_modules, param_grad)
+        self._spaces(core, num_envs, self._single)
         self._ep: StepwiseEpisodes | None = None
-        self._needs_reset = np.ones(num_envs, bool)
 
     def _episodes(self) -> StepwiseEpisodes:
         if self._ep is None:
@@ -209,18 +194,15 @@ class StepwiseISPVectorEnv(CoreBound, VectorEnv):
             )
         return self._ep
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
-        ep = self._episodes()
-        ep.reset(np.ones(self.num_envs, bool), self.np_random)
-        self._needs_reset[:] = False
-        return ep.observation(), {"image_id": self.core.batch.ids[ep.idx]}
+    def _start(self, which: np.ndarray) -> None:
+        self._episodes().reset(which, self.np_random)
 
-    def step(self, actions: dict[str, Any]):
-        ep = self._episodes()
-        resetting = self._needs_reset.copy()
-        r = ep.step(~resetting, np.asarray(actions["modules"]), np.asarray(actions["params"]))
-        ep.reset(resetting, self.np_random)  # NEXT_STEP: these sub-envs only start a new episode
-        self._needs_reset = r["terminated"].copy()
-        info = {k: v for k, v in r.items() if k not in ("reward", "terminated")}
-        return ep.observation(), r["reward"], r["terminated"], np.zeros(self.num_envs, bool), info
+    def _act(self, active: np.ndarray, actions: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        r = self._episodes().step(active, np.asarray(actions["modules"]), np.asarray(actions["params"]))
+        return r["reward"], r["terminated"], {k: v for k, v in r.items() if k not in ("reward", "terminated")}
+
+    def _observation(self) -> np.ndarray:
+        return self._episodes().observation()
+
+    def _image_ids(self) -> np.ndarray:
+        return self.core.batch.ids[self._episodes().idx]
