@@ -180,11 +180,8 @@ def _device(cfg: Config) -> str:
 def _train_loop(
     cfg: Config, tracker: Tracker, total: int, progress: bool, tqdm: Any, on_iteration: Any = None
 ) -> dict[str, Any]:
-    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED, NUM_EPISODES
-
     from posisp_dist.train.algo_config import build_algo_config
     from posisp_dist.train.endings import EnvRunnerDataErrors
-    from posisp_dist.train.runners import restart_events
 
     run_id = str(tracker.run_id)
     local = Checkpoints(Path(cfg.train.out_dir) / run_id / "checkpoints", cfg.train.keep_checkpoints)
@@ -193,43 +190,18 @@ def _train_loop(
         from posisp_dist.data.transport import ship
 
         shipment = ship(cfg)
-    algo = build_algo_config(cfg, shipment).build_algo()
-    state = DriverState()
-    data_errors = EnvRunnerDataErrors()  # a corrupt shard in a remote EnvRunner fails the run, naming the file
+    # a corrupt shard in a remote EnvRunner fails the run, naming the file (`train/endings.py`)
+    data_errors = EnvRunnerDataErrors(remote_env_runners=cfg.train.num_env_runners > 0)
+    algo = build_algo_config(cfg, shipment, data_errors.mailbox).build_algo()
     try:
-        ckpt = find_resume_checkpoint(tracker, local)
-        if ckpt is not None:
-            algo.restore_from_path(str(ckpt))
-            state = read_state(ckpt)
-            logged = {int(v) for _, v in tracker.history("charts/iteration")}
-            if state.iteration and state.iteration not in logged:  # killed between checkpoint and log
-                tracker.log_metrics(state.last_metrics, step=state.env_steps)
-            state.events.append({"event": "resumed", "iteration": state.iteration, "time": time.time()})
-            _log_events(tracker, state)
+        state = _resume(algo, tracker, local)
         first = state.iteration + 1
         bar = _progress_bar(tqdm, cfg, total, state, progress)
         uploaded, val_core = None, None
         while state.iteration < total:
             t0 = time.perf_counter()
-            try:
-                with data_errors:
-                    result = algo.train()
-            except Exception as exc:  # e.g. no samples at all once every runner failed: the data error says why
-                data_errors.raise_if_any(exc)
-                raise
-            data_errors.raise_if_any()  # before this iteration, trained on part of the data, is checkpointed
-            runners = result.get(ENV_RUNNER_RESULTS, {})
-            state.iteration += 1
-            state.env_steps += _count(runners, NUM_ENV_STEPS_SAMPLED)
-            state.episodes += _count(runners, NUM_EPISODES)
-            state.module_runs += _count(runners, "isp/module_runs")
-            state.task_calls += _count(runners, "isp/task_calls")
-            state.task_images += _count(runners, "isp/task_images")
-            state.task_backward_images += _count(runners, "isp/task_backward_images")
-            state.train_seconds += time.perf_counter() - t0
-            restarts = restart_events(runners, state.iteration, state.env_steps)
-            state.env_runner_restarts += len(restarts)
-            state.events += restarts
+            result = data_errors.train(algo)  # raises before this iteration, trained on part of the data, is kept
+            restarts = _account(state, result, t0)
             state.last_metrics = iteration_metrics(result, state)
             ckpt = local.save(algo, state)
             tracker.log_metrics(state.last_metrics, step=state.env_steps)
@@ -259,8 +231,49 @@ def _train_loop(
             ckpt = local.best()
     finally:
         algo.stop()
+        data_errors.close()
+    return _summary(tracker, ckpt, state)
+
+
+def _resume(algo: Any, tracker: Tracker, local: Checkpoints) -> DriverState:
+    """The driver state to go on from: a fresh one, or that of the run's last checkpoint, restored into `algo`."""
+    ckpt = find_resume_checkpoint(tracker, local)
+    if ckpt is None:
+        return DriverState()
+    algo.restore_from_path(str(ckpt))
+    state = read_state(ckpt)
+    logged = {int(v) for _, v in tracker.history("charts/iteration")}
+    if state.iteration and state.iteration not in logged:  # killed between checkpoint and log
+        tracker.log_metrics(state.last_metrics, step=state.env_steps)
+    state.events.append({"event": "resumed", "iteration": state.iteration, "time": time.time()})
+    _log_events(tracker, state)
+    return state
+
+
+def _account(state: DriverState, result: dict[str, Any], t0: float) -> list[dict[str, Any]]:
+    """Count one finished iteration (started at `t0`) into `state`; returns its EnvRunner restart events."""
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED, NUM_EPISODES
+
+    from posisp_dist.train.runners import restart_events
+
+    runners = result.get(ENV_RUNNER_RESULTS, {})
+    state.iteration += 1
+    state.env_steps += _count(runners, NUM_ENV_STEPS_SAMPLED)
+    state.episodes += _count(runners, NUM_EPISODES)
+    state.module_runs += _count(runners, "isp/module_runs")
+    state.task_calls += _count(runners, "isp/task_calls")
+    state.task_images += _count(runners, "isp/task_images")
+    state.task_backward_images += _count(runners, "isp/task_backward_images")
+    state.train_seconds += time.perf_counter() - t0
+    restarts = restart_events(runners, state.iteration, state.env_steps)
+    state.env_runner_restarts += len(restarts)
+    state.events += restarts
+    return restarts
+
+
+def _summary(tracker: Tracker, ckpt: Any, state: DriverState) -> dict[str, Any]:
     return {
-        "run_id": run_id,
+        "run_id": str(tracker.run_id),
         "tracking_uri": tracker.uri,
         "checkpoint": str(ckpt),
         "iterations": state.iteration,
