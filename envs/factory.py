@@ -5,7 +5,9 @@
 reads data shards k, k+n, ... (`RawDataset.shards_for_worker`). RLlib hands vector entry points a plain
 dict without `worker_index`, so the `on_environment_created` callback binds it (`bind_worker`). With
 `data.transport: object_store` the env config also carries the driver's `Shipment`, and the shards and task
-weights come from Ray's object store instead of the disk (`posisp_dist/data/transport.py`).
+weights come from Ray's object store instead of the disk (`posisp_dist/data/transport.py`). With remote EnvRunners
+it carries the run's data-error mailbox too: an EnvRunner that cannot read its shards posts the error there and
+ends (`end_actor_on_data_error`, `posisp_dist/train/endings.py`).
 """
 
 from __future__ import annotations
@@ -29,10 +31,17 @@ class CoreSource:
     """This worker's `ISPTaskCore`, made on first `get()` from the config and the bound worker index."""
 
     def __init__(
-        self, cfg: Config, split: str = "train", xp: Any = None, device: str | None = None, shipment: Any = None
+        self,
+        cfg: Config,
+        split: str = "train",
+        xp: Any = None,
+        device: str | None = None,
+        shipment: Any = None,
+        data_errors: Any = None,
     ) -> None:
         self.cfg, self.split, self.xp, self.device = cfg, split, xp, device
         self.shipment = shipment  # a data.transport.Shipment: shards and weights from the object store, not disk
+        self.data_errors = data_errors  # the driver's mailbox for data errors (`.post(worker_index, message)`)
         self.registry: Registry = DEFAULT_REGISTRY.subset(cfg.isp.modules)
         self.preview_size = cfg.env.preview_size
         self.worker_index, self.num_workers = 0, 1
@@ -65,22 +74,20 @@ class CoreSource:
             cfg = self.cfg
             xp = self.xp or get_xp(cfg.isp.backend)
             device = self.device or ("cuda" if xp.__name__ == "cupy" else "cpu")
-            if self.shipment is not None:  # object_store transport: reads neither data.root nor task.cache_dir
-                fingerprint = str(self.shipment.manifest["fingerprint"])
-                try:
+            try:
+                if self.shipment is not None:  # object_store transport: reads neither data.root nor task.cache_dir
+                    fingerprint = str(self.shipment.manifest["fingerprint"])
                     batch = self.shipment.load(self.split, self.shards(), limit=cfg.env.max_images)
-                except DataError as err:
-                    end_actor_on_data_error(err)
-                    raise
+                else:
+                    dataset = RawDataset(cfg.data.root, self.split)
+                    fingerprint = dataset.fingerprint
+                    batch = dataset.load(self.shards(), limit=cfg.env.max_images)
+            except DataError as err:
+                end_actor_on_data_error(err, self.data_errors, self.worker_index)  # in an EnvRunner: ends it
+                raise
+            if self.shipment is not None:
                 task = self.shipment.task_model(cfg.task, device=device)
             else:
-                dataset = RawDataset(cfg.data.root, self.split)
-                fingerprint = dataset.fingerprint
-                try:
-                    batch = dataset.load(self.shards(), limit=cfg.env.max_images)
-                except DataError as err:
-                    end_actor_on_data_error(err)  # in an EnvRunner actor: ends it, not to be restarted
-                    raise
                 task = load_task_model(cfg.task, cfg.data.root, progress=False, device=device)
             ns = reference_namespace(fingerprint, self.split, task)  # shared across runners and jobs
             env = cfg.env
@@ -92,24 +99,20 @@ class CoreSource:
         return self._core
 
 
-DATA_ERROR_EXIT = "posisp data error: "  # opens the exit message of an EnvRunner ended by a DataError
-
-
-def end_actor_on_data_error(err: Exception) -> None:
-    """Inside a Ray actor (an EnvRunner), end the actor for good with `err` as its exit message: a restart would
-    read the same bad file, and RLlib's fault tolerance would otherwise keep the error in the worker's log (the
-    driver recognises the message, `posisp_dist/train/endings.py`). Elsewhere it returns and the caller raises."""
-    import sys
-
-    if "ray" not in sys.modules:
+def end_actor_on_data_error(err: Exception, mailbox: Any, worker_index: int) -> None:
+    """Inside a Ray actor (a remote EnvRunner) given the run's `mailbox`: post `err` for the driver, then end the
+    actor for good with Ray's public `ray.actor.exit_actor()`, an intended exit that Ray does not restart (a
+    restart would read the same bad file). Raised out of `sample()`, the error would only reach RLlib 2.60's fault
+    tolerance, which logs it, restarts the runner and trains on without its shards. Elsewhere (the driver's own
+    runner, no mailbox) it returns and the caller raises."""
+    if mailbox is None:
         return
     import ray
 
     if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
         return
-    from ray._raylet import raise_sys_exit_with_custom_error_message  # what ray.actor.exit_actor() raises
-
-    raise_sys_exit_with_custom_error_message(f"{DATA_ERROR_EXIT}{err}")
+    mailbox.post(worker_index, str(err))  # delivered before the actor ends (a failure here raises instead)
+    ray.actor.exit_actor()
 
 
 @dataclass(frozen=True)
@@ -148,10 +151,13 @@ def env_kind(cfg: Config) -> EnvKind:
 
 
 def make_env(env_config: dict[str, Any]) -> gym.Env:
-    """RLlib env creator: `{"config": Config dump[, "num_envs": n][, "shipment": Shipment]}` -> single env or
-    batched vector env of the config's `env.kind`."""
+    """RLlib env creator: `{"config": Config dump[, "num_envs": n][, "shipment": Shipment][, "data_errors":
+    mailbox]}` -> single env or batched vector env of the config's `env.kind`."""
     cfg = Config.model_validate(env_config["config"])
-    source = CoreSource(cfg, env_config.get("split", "train"), shipment=env_config.get("shipment"))
+    source = CoreSource(
+        cfg, env_config.get("split", "train"), shipment=env_config.get("shipment"),
+        data_errors=env_config.get("data_errors"),
+    )
     if hasattr(env_config, "worker_index"):  # an RLlib EnvContext (single-env path)
         source.bind_worker(env_config.worker_index, env_config.num_workers)
     kind = env_kind(cfg)

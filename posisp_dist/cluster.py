@@ -69,12 +69,13 @@ class ClusterConfigError(ValueError):
 def validate_cluster_yaml(path: str | Path) -> dict[str, Any]:
     """The cluster config as Ray 2.60's launcher resolves it, after Ray's own schema and consistency checks.
 
-    Mirrors `ray up`: fill in the provider's defaults (`prepare_config`), then `validate_config` (the JSON
-    schema in ray/autoscaler/ray-schema.json plus node-type checks). A `fake_multinode` config is validated
-    verbatim, as the autoscaler reads it (the 2.60 wheel ships no defaults file for that provider).
+    Mirrors `ray up`: fill in the provider's defaults, then Ray's JSON schema (ray/autoscaler/ray-schema.json) and
+    node-type checks (`posisp_dist/ray_private.py`: Ray has no public API for them). A `fake_multinode` config is
+    validated verbatim, as the autoscaler reads it (the 2.60 wheel ships no defaults file for that provider).
     """
     import yaml
-    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from posisp_dist.ray_private import prepare_and_validate_cluster_config
 
     try:
         raw = yaml.safe_load(Path(path).read_text())
@@ -83,10 +84,8 @@ def validate_cluster_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict) or not isinstance(raw.get("provider"), dict):
         raise ClusterConfigError(f"cluster config {path} must be a mapping with a `provider` section")
     try:
-        config = raw if raw["provider"].get("type") == "fake_multinode" else prepare_config(raw)
-        validate_config(config)
+        return prepare_and_validate_cluster_config(raw, verbatim=raw["provider"].get("type") == "fake_multinode")
     except Exception as e:  # jsonschema.ValidationError, ValueError, click's abort: all mean "ray up would refuse"
         message = getattr(e, "message", None) or str(e)
         where = "/".join(str(p) for p in getattr(e, "absolute_path", []))
         raise ClusterConfigError(f"cluster config {path} is invalid{f' at {where}' if where else ''}: {message}") from e
-    return config

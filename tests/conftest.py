@@ -75,10 +75,10 @@ def ray_local():
     """One local Ray instance (2 CPUs) shared by every test that trains."""
     import ray
 
-    from posisp_dist.train.ray_local import local_ray_kwargs
+    from posisp_dist.train.ray_local import start_local_ray
 
     if not ray.is_initialized():  # loopback only, as the product's own local Ray
-        ray.init(num_cpus=2, log_to_driver=False, **local_ray_kwargs())
+        start_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ray  # noqa: F401  (puts Ray's vendored psutil on sys.path)
 
-from posisp_dist.train.ray_local import LOCAL_ONLY_ENV
+from posisp_dist.ray_private import LOCAL_ONLY_ENV
 
 OBJECT_STORE_BYTES = 150 * 1024 * 1024  # each raylet's plasma store; Ray's default is 30 % of RAM
 # Ray 2.60 turns token auth on for `ray start` when ~/.ray/auth_token exists (left by any earlier local
@@ -28,8 +28,8 @@ CLIENT_ENV = {"RAY_AUTH_MODE": "disabled"}
 
 
 def cluster_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment for a cluster process or a driver joining one: no RAY_ADDRESS, and not the
-    local-only mode that a local Ray of this test process (`ray_local`) leaves in the environment."""
+    """This process's environment for a cluster process or a driver joining one: no RAY_ADDRESS, and not Ray's
+    local-only node mode (a local Ray of this process sets it only while it starts, but a user may export it)."""
     drop = {"RAY_ADDRESS", LOCAL_ONLY_ENV}
     return {**{k: v for k, v in os.environ.items() if k not in drop}, **CLIENT_ENV, **(extra or {})}
 
@@ -74,7 +74,7 @@ class RayHead:
     """One head node. `address` is the GCS address (for ray.init / RAY_ADDRESS), `dashboard_url` the jobs API."""
 
     def __init__(self, num_cpus: int, dashboard: bool = True, autoscaling_config: Path | None = None) -> None:
-        from ray._private.services import get_node_ip_address
+        from ray.util import get_node_ip_address
 
         # Ray 2.60 rewrites 127.0.0.1 in any address a driver connects to into this node's IP
         # (`resolve_ip_for_localhost`), so a head bound to loopback is unreachable: use the node IP Ray picks.

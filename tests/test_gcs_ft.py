@@ -61,7 +61,7 @@ class FTHead:
     """A `ray start --head` (no --block) whose GCS stores its tables in an external Redis."""
 
     def __init__(self, redis_port: int) -> None:
-        from ray._private.services import get_node_ip_address
+        from ray.util import get_node_ip_address
 
         self.port = free_port()
         self.host = get_node_ip_address()  # Ray 2.60 rewrites 127.0.0.1 in a driver's address into this node's IP

@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import REPO
 
 LAYERS = {  # subpackage (or top-level module) of posisp_dist, and `envs` -> its layer; imports go down or level
-    "isp": 0, "paths": 0, "config_base": 0,
+    "isp": 0, "paths": 0, "config_base": 0, "ray_private": 0,
     "config": 1, "task_config": 1, "methods": 1, "data": 1, "tasks": 1, "cache": 1,
     "envs": 2, "baselines": 2,
     "policy": 3,

@@ -1,5 +1,6 @@
-"""The local Ray a training starts listens on loopback only and serves no metrics; Ray's notices that a user cannot
-act on (token notice, new API stack, RLModule deprecation, gputil) stay off the console."""
+"""The local Ray a training starts listens on loopback only (workers it starts later included) and serves no metrics,
+and leaves no local-only mode behind for a later cluster join; Ray's notices that a user cannot act on (token
+notice, new API stack, RLModule deprecation, gputil) stay off the console."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from posisp_dist.ray_private import LOCAL_ONLY_ENV
 from posisp_dist.train.ray_local import QUIET_NOTICES, quiet_ray_notices
 
 REPO = Path(__file__).resolve().parents[1]
 
-def ray_listeners(session: str) -> list[tuple[str, str]]:
-    """(address, command) of every listening socket of the Ray session's processes and of this process."""
+def ray_listeners(session: str, pids: tuple[int, ...] = ()) -> list[tuple[str, str]]:
+    """(address, command) of every listening socket of the Ray session's processes, of this process and of
+    `pids` (Ray workers retitle themselves `ray::<class>`, so their command line need not name the session)."""
     import re
 
     found = []
@@ -30,8 +33,8 @@ def ray_listeners(session: str) -> list[tuple[str, str]]:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if session in cmd or int(pid) == os.getpid():
-                found.append((cols[3], cmd[:80]))
+            if session in cmd or int(pid) in (os.getpid(), *pids):
+                found.append((cols[3], f"pid {pid}: {cmd[:80]}"))
     return found
 
 
@@ -45,19 +48,30 @@ def beyond_loopback(found: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 PROBE = r"""
-import json
+import json, os
+from posisp_dist.ray_private import LOCAL_ONLY_ENV
 from posisp_dist.train.ray_local import init_ray
 from test_ray_local import ray_listeners, session_dir
 import ray
+
+@ray.remote(num_cpus=0)
+class Late:  # a worker the raylet starts after ray.init returned (and this process left local-only mode)
+    def pid(self):
+        return os.getpid()
+
 assert init_ray(None)
-print("POSISP-LISTEN", json.dumps(ray_listeners(session_dir(ray))))
+assert LOCAL_ONLY_ENV not in os.environ  # left as it was: a later cluster join here gets the outward address
+late = Late.remote()
+pid = ray.get(late.pid.remote(), timeout=120)
+print("POSISP-LATE", pid)
+print("POSISP-LISTEN", json.dumps(ray_listeners(session_dir(ray), (pid,))))
 ray.shutdown()
 """
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to list listening sockets")
 def test_a_local_ray_listens_on_loopback_only_and_prints_no_token_notice():
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", LOCAL_ONLY_ENV)}
     env["RAY_TMPDIR"] = tmp = tempfile.mkdtemp(prefix="pxl", dir="/tmp")  # short: Ray's socket paths must fit
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     try:
@@ -67,8 +81,10 @@ def test_a_local_ray_listens_on_loopback_only_and_prints_no_token_notice():
         shutil.rmtree(tmp, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("POSISP-LISTEN "))
+    late = next(x for x in out.stdout.splitlines() if x.startswith("POSISP-LATE ")).split()[1]
     listeners = json.loads(line.split(" ", 1)[1])
     assert len(listeners) >= 3  # GCS, raylet, the driver's own core worker at least
+    assert any(c.startswith(f"pid {late}:") for _, c in listeners)  # the late worker's own gRPC server is listed
     exposed = beyond_loopback([tuple(x) for x in listeners])
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert "Token authentication is enabled" not in out.stderr

@@ -1,6 +1,6 @@
-"""Every way a training ends leaves its MLflow run terminal with the reason recorded: a corrupt shard read in a
-remote EnvRunner fails the run naming the file (checkpoints kept), SIGTERM and SIGINT end it KILLED with one line
-on the console and no traceback."""
+"""Every way a training ends leaves its MLflow run terminal with the reason recorded: a corrupt shard, found by the
+driver or read in a remote EnvRunner, fails the run naming the file (checkpoints kept), SIGTERM and SIGINT end it
+KILLED with one line on the console and no traceback."""
 
 from __future__ import annotations
 
@@ -21,11 +21,24 @@ from posisp_dist.runs.tracking import END_REASON_TAG, Tracker
 from posisp_dist.train.endings import data_error_of
 
 
-def test_a_corrupt_shard_fails_the_run_naming_the_file_before_any_env_runner_and_keeps_checkpoints(
-    tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path
+def _assert_failed_naming(tracker: Tracker, run_id: str, victim: Path, ckpt: Path) -> None:
+    """The run is FAILED with the file in its reason, no iteration on part of the data was logged, and the
+    checkpoint of the good iteration is still there to resume from."""
+    run = tracker.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert str(victim) in run.data.tags["error"] and str(victim) in run.data.tags[END_REASON_TAG]
+    assert [int(v) for _, v in tracker.history("charts/iteration", run_id)] == [1]  # no half-data iteration
+    assert ckpt.is_dir() and any(ckpt.iterdir())
+    assert f"checkpoints/{ckpt.name}" in {a.path for a in tracker.client.list_artifacts(run_id, "checkpoints")}
+
+
+def test_a_corrupt_shard_fails_the_run_naming_the_file_on_the_driver_or_in_its_env_runner_and_keeps_checkpoints(
+    tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path, monkeypatch
 ):
     """The driver reads every shard before Ray starts: the bad file is named in one line, with no EnvRunner
-    traceback or Ray error blocks before it (EnvRunners that meet one later go through `data_error_of`)."""
+    traceback or Ray error blocks before it. Where the driver's check passed (a node with another copy of the
+    data, a file changed since), the EnvRunner that reads it posts the error through the run's mailbox and ends:
+    the run fails naming the file, before the iteration trained on the other runners' shards is kept."""
     from posisp_dist.train.driver import train
 
     root = tmp_path / "data"
@@ -36,18 +49,20 @@ def test_a_corrupt_shard_fails_the_run_naming_the_file_before_any_env_runner_and
     first = train(cfg, progress=False)  # one good iteration: a checkpoint to keep
     ckpt = Path(first["checkpoint"])
     assert ckpt.is_dir()
+    tracker = Tracker(str(cfg.tracking.uri), cfg.tracking.experiment)
 
     victim = Path(RawDataset(root, "train").shard_paths[1])  # read by EnvRunner 2 only (shards 1, 3)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])  # truncated, as by a full disk
-    with pytest.raises(DataError, match=victim.name):
+    with pytest.raises(DataError, match=victim.name) as on_driver:
         train(resume_run_id=first["run_id"], tracking_uri=cfg.tracking.uri, iterations=3, progress=False)
-    tracker = Tracker(str(cfg.tracking.uri), cfg.tracking.experiment)
-    run = tracker.get_run(first["run_id"])
-    assert run.info.status == "FAILED"
-    assert str(victim) in run.data.tags["error"] and str(victim) in run.data.tags[END_REASON_TAG]
-    assert [int(v) for _, v in tracker.history("charts/iteration", first["run_id"])] == [1]  # no half-data iteration
-    assert ckpt.is_dir() and any(ckpt.iterdir())  # the checkpoint is still there to resume from
-    assert f"checkpoints/{ckpt.name}" in {a.path for a in tracker.client.list_artifacts(first["run_id"], "checkpoints")}
+    assert "EnvRunner" not in str(on_driver.value)  # the driver's own check, before any EnvRunner ran
+    _assert_failed_naming(tracker, first["run_id"], victim, ckpt)
+
+    monkeypatch.setattr(RawDataset, "check", lambda self: 0)  # the driver's copy passes (EnvRunners: own process)
+    with pytest.raises(DataError, match=victim.name) as in_runner:
+        train(resume_run_id=first["run_id"], tracking_uri=cfg.tracking.uri, iterations=3, progress=False)
+    assert str(in_runner.value).startswith("EnvRunner 2 cannot read its training data")  # posted by that runner
+    _assert_failed_naming(tracker, first["run_id"], victim, ckpt)
 
 
 def test_a_data_error_is_found_inside_a_ray_task_error_and_an_actor_death_is_not_one():
@@ -55,9 +70,47 @@ def test_a_data_error_is_found_inside_a_ray_task_error_and_an_actor_death_is_not
 
     err = DataError("shard /x/part-00001.parquet is corrupt or unreadable: truncated")
     wrapped = ray.exceptions.RayTaskError("sample", "Traceback ...", err).as_instanceof_cause()
-    assert data_error_of(wrapped) is not None and "part-00001" in str(data_error_of(wrapped))
+    assert data_error_of(wrapped) is err
+    try:
+        raise RuntimeError("sampling failed") from wrapped
+    except RuntimeError as chained:
+        assert data_error_of(chained) is err
     assert data_error_of(ray.exceptions.RayActorError()) is None  # a dead process restarts: no data error
     assert data_error_of(RuntimeError("x")) is None
+
+
+def test_a_posted_data_error_fails_the_iteration_and_a_clean_one_passes(ray_local):
+    """The driver's side of the mailbox: a clean iteration returns its result, one after which an EnvRunner
+    posted a data error raises it (naming the runner), and an exception of `train()` carrying one is explained."""
+    import ray.exceptions
+
+    from posisp_dist.train.endings import EnvRunnerDataErrors
+
+    class Algo:
+        def __init__(self, fail: BaseException | None = None) -> None:
+            self.fail = fail
+
+        def train(self) -> dict:
+            if self.fail is not None:
+                raise self.fail
+            return {"ok": 1}
+
+    errors = EnvRunnerDataErrors(remote_env_runners=True)
+    try:
+        assert errors.train(Algo()) == {"ok": 1}
+        errors.mailbox.post(3, "shard /x/part-00002.parquet is corrupt or unreadable: truncated")
+        with pytest.raises(DataError, match=r"^EnvRunner 3 cannot read its training data.*part-00002"):
+            errors.train(Algo())
+        assert errors.train(Algo()) == {"ok": 1}  # read once
+        with pytest.raises(RuntimeError, match="unrelated"):
+            errors.train(Algo(RuntimeError("unrelated")))
+        bad = DataError("shard /x/part-00004.parquet is corrupt or unreadable: truncated")
+        remote = ray.exceptions.RayTaskError("sample", "Traceback ...", bad).as_instanceof_cause()
+        with pytest.raises(DataError, match=r"^an EnvRunner cannot read its training data.*part-00004") as info:
+            errors.train(Algo(remote))
+        assert info.value.__cause__ is remote
+    finally:
+        errors.close()
 
 
 def _wait_for_params(tracker: Tracker, proc, log: Path, timeout: float) -> str:

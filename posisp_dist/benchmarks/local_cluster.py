@@ -42,29 +42,36 @@ def local_cluster(
     import ray
     from ray.cluster_utils import Cluster
 
+    from posisp_dist.ray_private import loopback_only_node
+    from posisp_dist.train.ray_local import start_local_ray
+
     had_ray = ray.is_initialized()
     if had_ray:
         ray.shutdown()
     old_tmp = os.environ.get("RAY_TMPDIR")
     tmp = tempfile.mkdtemp(prefix="pxr", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
     os.environ["RAY_TMPDIR"] = tmp
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+    cluster = None
     try:
-        for _ in range(workers):
-            cluster.add_node(num_cpus=cpus_per_worker, resources={RUNNER_RESOURCE: runner_slots_per_worker})
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
+        # every node on 127.0.0.1, as a local Ray of `posisp train`, and the driver joins it there
+        with loopback_only_node():
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+            for _ in range(workers):
+                cluster.add_node(num_cpus=cpus_per_worker, resources={RUNNER_RESOURCE: runner_slots_per_worker})
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, log_to_driver=False)
         nodes = [n for n in ray.nodes() if n["Alive"]]
         worker_ids = sorted(n["NodeID"] for n in nodes if RUNNER_RESOURCE in n["Resources"])
         head_id = next(n["NodeID"] for n in nodes if RUNNER_RESOURCE not in n["Resources"])
         yield LocalCluster(cluster, head_id, worker_ids, tmp)
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         if old_tmp is None:
             os.environ.pop("RAY_TMPDIR", None)
         else:
             os.environ["RAY_TMPDIR"] = old_tmp
         shutil.rmtree(tmp, ignore_errors=True)
         if had_ray:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            start_local_ray(num_cpus=2)

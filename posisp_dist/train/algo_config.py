@@ -18,12 +18,17 @@ from posisp_dist.train.pathwise import ONE_STEP_EPISODES, PathwisePPOLearner, le
 SAMPLE_TIMEOUT_S = 3600.0  # one sampling round may take this long before RLlib gives up on it
 
 
-def env_config(cfg: Config, split: str = "train", shipment: Shipment | None = None) -> dict[str, Any]:
-    """What each EnvRunner receives: the whole (resolved) config as JSON-able data, and with
-    `data.transport: object_store` the object-store handles of the shards and task weights."""
+def env_config(
+    cfg: Config, split: str = "train", shipment: Shipment | None = None, data_errors: Any = None
+) -> dict[str, Any]:
+    """What each EnvRunner receives: the whole (resolved) config as JSON-able data, with
+    `data.transport: object_store` the object-store handles of the shards and task weights, and the run's mailbox
+    for data errors (`train/endings.py`)."""
     out: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "split": split}
     if shipment is not None:
         out["shipment"] = shipment
+    if data_errors is not None:
+        out["data_errors"] = data_errors
     return out
 
 
@@ -34,9 +39,9 @@ def probe_registry_identity(cfg: Config) -> list[float]:
     return DEFAULT_REGISTRY.subset(cfg.isp.modules).identity_normalised().tolist()
 
 
-def build_algo_config(cfg: Config, shipment: Shipment | None = None) -> PPOConfig:
+def build_algo_config(cfg: Config, shipment: Shipment | None = None, data_errors: Any = None) -> PPOConfig:
     """Sequence-level PPO: one action = one whole pipeline, EnvRunners run batched vector envs; `shipment`
-    (from `posisp_dist.data.transport.ship`) replaces the EnvRunners' disk reads."""
+    (`data.transport.ship`) replaces their disk reads, `data_errors` (`train.endings`) gets their data errors."""
     register_env(RLLIB_ENV_ID, make_env)
     probe = make_env(env_config(cfg))  # spaces only: the data loads lazily at the first reset
     ppo, train = cfg.ppo, cfg.train
@@ -46,7 +51,7 @@ def build_algo_config(cfg: Config, shipment: Shipment | None = None) -> PPOConfi
         PPOConfig()
         .environment(
             RLLIB_ENV_ID,
-            env_config=env_config(cfg, shipment=shipment),
+            env_config=env_config(cfg, shipment=shipment, data_errors=data_errors),
             observation_space=probe.observation_space,
             action_space=probe.action_space,
             normalize_actions=False,  # params are already normalised to Box[0, 1]: no unsquashing

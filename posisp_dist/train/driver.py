@@ -181,14 +181,17 @@ def _train_loop(
     from posisp_dist.train.endings import EnvRunnerDataErrors
 
     local = Checkpoints(Path(cfg.train.out_dir) / str(tracker.run_id) / "checkpoints", cfg.train.keep_checkpoints)
-    algo = build_algo_config(cfg, _shipment(cfg)).build_algo()
+    # a corrupt shard in a remote EnvRunner fails the run, naming the file (`train/endings.py`)
+    data_errors = EnvRunnerDataErrors(remote_env_runners=cfg.train.num_env_runners > 0)
+    algo = build_algo_config(cfg, _shipment(cfg), data_errors.mailbox).build_algo()
     try:
         state = _restore(algo, tracker, local)
         bar = _progress_bar(tqdm, cfg, total, state, progress)
         first, uploaded, val_core = state.iteration + 1, None, None
-        data_errors = EnvRunnerDataErrors()  # a corrupt shard in a remote EnvRunner fails the run, naming the file
         while state.iteration < total:
-            result, seconds = _train_iteration(algo, data_errors)
+            t0 = time.perf_counter()
+            result = data_errors.train(algo)  # raises before this iteration, trained on part of the data, is kept
+            seconds = time.perf_counter() - t0
             ckpt = _account(algo, tracker, local, state, result, seconds, log_runners=state.iteration + 1 == first)
             spent = _budget_spent(cfg, state)
             last = state.iteration == total or spent  # a budget's last iteration is scored on val too
@@ -206,6 +209,7 @@ def _train_loop(
         ckpt = _final_checkpoint(tracker, local, state, uploaded)
     finally:
         algo.stop()
+        data_errors.close()
     return {
         "run_id": str(tracker.run_id),
         "tracking_uri": tracker.uri,
@@ -242,20 +246,6 @@ def _restore(algo: Any, tracker: Tracker, local: Checkpoints) -> DriverState:
     state.events.append({"event": "resumed", "iteration": state.iteration, "time": time.time()})
     _log_events(tracker, state)
     return state
-
-
-def _train_iteration(algo: Any, data_errors: Any) -> tuple[dict[str, Any], float]:
-    """One `algo.train()` -> (its result, seconds); a data error an EnvRunner met fails the run here, before an
-    iteration trained on part of the data is checkpointed."""
-    t0 = time.perf_counter()
-    try:
-        with data_errors:
-            result = algo.train()
-    except Exception as exc:  # e.g. no samples at all once every runner failed: the data error says why
-        data_errors.raise_if_any(exc)
-        raise
-    data_errors.raise_if_any()
-    return result, time.perf_counter() - t0
 
 
 def _account(

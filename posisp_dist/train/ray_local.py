@@ -1,12 +1,11 @@
 """Starting or joining Ray for a training: a local instance listens on loopback only, and Ray's notices that a
 user cannot act on stay off the console.
 
-Loopback: on Linux Ray gives a node its outward address (`ray.init(_node_ip_address="127.0.0.1")` is turned back
-into it), so its GCS, raylet, agents and workers listen on every interface. Ray's own local-only mode (the one it
-uses on macOS and Windows, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) makes the node address 127.0.0.1, and every
-listener binds it. We turn it on only when this process starts its own Ray; joining a cluster
-(`train.ray_address` or RAY_ADDRESS) leaves the addresses to the cluster's YAML. No dashboard, and no metrics
-export (`enable_metrics_collection: false`), so no Prometheus endpoint is served at all.
+Loopback: a Ray that this process starts takes 127.0.0.1 as its node address, so its GCS, raylet, agents and
+workers listen on loopback only. Ray 2.60 has no public switch for that on Linux; `posisp_dist/ray_private.py`
+holds the one it uses (Ray's local-only node mode), for the `ray.init` call only: joining a cluster
+(`train.ray_address` or RAY_ADDRESS), even later in the same process, leaves the addresses to the cluster's YAML.
+No dashboard, and no metrics export (`enable_metrics_collection: false`), so no Prometheus endpoint is served.
 """
 
 from __future__ import annotations
@@ -15,12 +14,12 @@ import logging
 import os
 from typing import Any
 
-LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # read by ray._private.ray_constants at import
+from posisp_dist.ray_private import PRIVATE_NOTICE_LOGGERS, loopback_only_node
+
 # (logger, message start) of notices that carry nothing a user of `posisp train` can act on
 QUIET_NOTICES = (
-    ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled"),  # it stays on
+    *PRIVATE_NOTICE_LOGGERS,  # token authentication is enabled, RLModule(config=) deprecation
     ("ray.rllib.algorithms.algorithm_config", "You are running PPO on the new API stack"),
-    ("ray._common.deprecation", "DeprecationWarning: `RLModule(config="),  # RLlib builds its own modules so
     ("ray.tune.utils.util", "Install gputil"),
     ("ray.tune.trainable.trainable", "Trainable.setup took"),
 )
@@ -46,13 +45,14 @@ def quiet_ray_notices() -> None:
             log.addFilter(_DropNotices(starts))
 
 
-def local_ray_kwargs() -> dict[str, Any]:
-    """`ray.init` options for a Ray that this process starts on its own machine: loopback only, no metrics."""
-    import ray._private.ray_constants as ray_constants
+def start_local_ray(**options: Any) -> None:
+    """`ray.init` a Ray of this process's own on this machine: loopback only, no dashboard, no metrics;
+    `options` (e.g. num_cpus) are passed on."""
+    import ray
 
-    os.environ[LOCAL_ONLY_ENV] = "0"  # for the processes Ray starts
-    ray_constants.ENABLE_RAY_CLUSTER = False  # for this one, which imported Ray already
-    return {"include_dashboard": False, "_system_config": {"enable_metrics_collection": False}}
+    local = {"log_to_driver": False, "include_dashboard": False, "_system_config": {"enable_metrics_collection": False}}
+    with loopback_only_node():
+        ray.init(**{**local, **options})
 
 
 def init_ray(address: str | None) -> bool:
@@ -63,12 +63,7 @@ def init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address or os.environ.get("RAY_ADDRESS"):  # a cluster: its YAML sets the addresses
-        import ray._private.ray_constants as ray_constants
-
-        if os.environ.get(LOCAL_ONLY_ENV) == "0":  # a local Ray of ours ran in this process before: undo its mode
-            del os.environ[LOCAL_ONLY_ENV]
-            ray_constants.ENABLE_RAY_CLUSTER = True
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     else:
-        ray.init(log_to_driver=False, **local_ray_kwargs())
+        start_local_ray()
     return True
