@@ -155,13 +155,13 @@ def compute_to_reach(rows: list[dict], method: str, target: str, counter: str = 
 def fixed_rows(payload_rows: list[dict], base: Config, seed: int, metrics: list[str]) -> list[dict]:
     """Random search, camera ISP and input RAW; random search's compute is its search on val images."""
     from posisp_dist.baselines.table import random_pipelines
+    from posisp_dist.isp.catalogue import registry_for
     from posisp_dist.isp.executor import sequence_lengths
-    from posisp_dist.isp.registry import DEFAULT_REGISTRY
 
-    bc = base.baselines
-    tokens, _ = random_pipelines(np.random.default_rng(bc.seed), bc.n_pipelines, bc.max_len, DEFAULT_REGISTRY,
+    bc, registry = base.baselines, registry_for(base.isp.modules)  # baseline_table's random search
+    tokens, _ = random_pipelines(np.random.default_rng(bc.seed), bc.n_pipelines, bc.max_len, registry,
                                  base.isp.modules)
-    search = {"module_runs": int(sequence_lengths(tokens, DEFAULT_REGISTRY.n_modules).sum()) * bc.search_images,
+    search = {"module_runs": int(sequence_lengths(tokens, registry.n_modules).sum()) * bc.search_images,
               "task_images": bc.n_pipelines * bc.search_images}
     none = {"module_runs": 0, "task_images": 0}
     return [
