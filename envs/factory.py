@@ -22,7 +22,8 @@ from envs.core import ISPTaskCore
 from envs.sequence_isp import SequenceISPEnv, SequenceISPVectorEnv
 from envs.stepwise_isp import StepwiseISPEnv, StepwiseISPVectorEnv
 from posisp_dist.config import Config
-from posisp_dist.isp.registry import DEFAULT_REGISTRY, Registry
+from posisp_dist.isp.catalogue import registry_for
+from posisp_dist.isp.registry import Registry
 
 RLLIB_ENV_ID = "posisp-sequence-isp"
 
@@ -42,7 +43,7 @@ class CoreSource:
         self.cfg, self.split, self.xp, self.device = cfg, split, xp, device
         self.shipment = shipment  # a data.transport.Shipment: shards and weights from the object store, not disk
         self.data_errors = data_errors  # the driver's mailbox for data errors (`.post(worker_index, message)`)
-        self.registry: Registry = DEFAULT_REGISTRY.subset(cfg.isp.modules)
+        self.registry: Registry = registry_for(cfg.isp.modules)
         self.preview_size = cfg.env.preview_size
         self.worker_index, self.num_workers = 0, 1
         self._core: ISPTaskCore | None = None

@@ -268,8 +268,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from posisp_dist.isp.catalogue import registry_for
     from posisp_dist.isp.executor import ISPExecutor
-    from posisp_dist.isp.registry import DEFAULT_REGISTRY
     from posisp_dist.isp.xp import get_xp
     from posisp_dist.runs.storage import fetch_run
     from posisp_dist.trained.apply import apply_files, expand_inputs, output_dir
@@ -278,7 +278,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     output_dir(args.output)  # a bad -o or a folder without raw files fails before the policy loads
     expand_inputs(args.inputs)
     cfg, ckpt, _ = fetch_run(args.run, args.tracking_uri)
-    executor = ISPExecutor(DEFAULT_REGISTRY.subset(cfg.isp.modules), get_xp(cfg.isp.backend), cfg.isp.kernels)
+    executor = ISPExecutor(registry_for(cfg.isp.modules), get_xp(cfg.isp.backend), cfg.isp.kernels)
     from posisp_dist.trained.inference import stepwise_steps
 
     result = apply_files(

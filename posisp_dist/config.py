@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from posisp_dist.config_base import Strict as _Strict
+from posisp_dist.isp.catalogue import registry_for
 from posisp_dist.isp.registry import DEFAULT_REGISTRY
 from posisp_dist.task_config import (  # noqa: F401 (the task section's types, re-exported)
     BUILTIN_TASK_CONFIGS,
@@ -118,7 +119,10 @@ class ISPConfig(_Strict):
     """Which modules the policy may use and how long a pipeline may be."""
 
     modules: tuple[str, ...] = Field(
-        DEFAULT_REGISTRY.names, min_length=1, description="module names from the registry (at least one, distinct)"
+        DEFAULT_REGISTRY.names,
+        min_length=1,
+        description="module names from the catalogue (at least one, distinct); default: the paper's ten, in "
+        "AdaptiveISP's order; modules of posisp_dist/isp/extra/ are opt-in (README: The module library)",
     )
     max_len: int = Field(10, ge=1, le=32, description="maximum modules in one pipeline (before STOP)")
     backend: Literal["numpy", "cupy", "auto"] = Field("auto", description="numpy | cupy | auto")
@@ -128,9 +132,8 @@ class ISPConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ISPConfig:
-        for name in self.modules:
-            DEFAULT_REGISTRY.index(name)  # raises KeyError naming the unknown module
         _distinct(self.modules, "isp.modules")
+        registry_for(self.modules)  # raises KeyError naming the unknown module and the known ones
         return self
 
 

@@ -112,10 +112,16 @@ def test_cli_bench_isp(tmp_path):
     assert all("fraction_of_memcpy" in r for r in rows if r["op"] == "exposure")
 
 
-def test_readme_module_table_matches_registry():
-    from posisp_dist.isp import DEFAULT_REGISTRY
+def test_readme_module_table_matches_the_catalogue():
+    """The README's table is the generated one (regenerate: python -m posisp_dist.isp.catalogue README.md)."""
+    from posisp_dist.isp.catalogue import extra_names, markdown_table, readme_with_table
 
-    assert DEFAULT_REGISTRY.markdown_table() in (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
+    assert readme_with_table(text) == text and markdown_table() in text
+    for name in extra_names():
+        assert f"| opt-in | {name} |" in text
+    with pytest.raises(ValueError, match="markers"):
+        readme_with_table("no table here")
 
 
 def test_every_command_of_the_table_parses_its_help_and_its_shared_options(capsys):

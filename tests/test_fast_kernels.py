@@ -1,12 +1,16 @@
-"""The fused CPU kernels against their reference functions: every module, within its stated tolerance."""
+"""The fused CPU kernels against their reference functions: every module of the catalogue that has one (the
+paper's ten in `fast_cpu.py`, an extension's declared in its `ModuleSpec.kernels`), within its tolerance."""
 
 from __future__ import annotations
+
+import types
 
 import numpy as np
 import pytest
 
 from posisp_dist.isp import fast_cpu
 from posisp_dist.isp import modules as m
+from posisp_dist.isp.catalogue import catalogue
 from posisp_dist.isp.executor import ISPExecutor
 from posisp_dist.isp.kernels import implementation
 from posisp_dist.isp.registry import DEFAULT_REGISTRY as R
@@ -14,6 +18,8 @@ from posisp_dist.isp.registry import ModuleSpec, Registry
 
 SPECS = list(R.modules)
 IDS = [s.name for s in SPECS]
+KERNEL_SPECS = [s for s in catalogue().modules if implementation(s, np) is not s.fn]  # the modules with a kernel
+EXTENSION_ATOL = 1e-5  # an extension's kernel against its reference (the paper's ten: fast_cpu.TOLERANCE)
 
 
 def _hard_images(b: int, h: int, w: int, seed: int) -> np.ndarray:
@@ -35,16 +41,17 @@ def _params(spec: ModuleSpec, b: int, seed: int) -> np.ndarray:
     return p
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.parametrize("spec", KERNEL_SPECS, ids=[s.name for s in KERNEL_SPECS])
 @pytest.mark.parametrize("shape", [(5, 33, 47), (1, 7, 9), (2, 64, 64)], ids=["odd", "tiny", "square"])
 def test_fast_kernel_matches_reference_within_tolerance(spec, shape):
     img = _hard_images(*shape, seed=shape[1])
     p = _params(spec, shape[0], seed=shape[2])
     ref = spec.fn(img, p, np)
-    fast = fast_cpu.KERNELS[spec.fn](img, p, np)
+    fast = implementation(spec, np)(img, p, np)
     assert fast.shape == img.shape and fast.dtype == np.float32
     assert float(fast.min()) >= 0.0 and float(fast.max()) <= 1.0
-    np.testing.assert_allclose(fast, ref, rtol=0, atol=fast_cpu.TOLERANCE[spec.name], err_msg=spec.name)
+    atol = fast_cpu.TOLERANCE.get(spec.name, EXTENSION_ATOL)
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=atol, err_msg=spec.name)
 
 
 def test_every_default_module_has_a_kernel_and_a_tolerance():
@@ -55,17 +62,17 @@ def test_every_default_module_has_a_kernel_and_a_tolerance():
 def test_kernels_do_not_modify_their_input():
     img = _hard_images(3, 20, 24, seed=3)
     before = img.copy()
-    for spec in SPECS:
-        fast_cpu.KERNELS[spec.fn](img, _params(spec, 3, seed=4), np)
+    for spec in KERNEL_SPECS:
+        implementation(spec, np)(img, _params(spec, 3, seed=4), np)
     np.testing.assert_array_equal(img, before)
 
 
 def test_non_contiguous_input_gives_the_same_result():
     img = _hard_images(2, 30, 40, seed=5)
     view = np.ascontiguousarray(np.flip(img, axis=2))[:, :, ::-1]  # a reversed, non-contiguous view of img
-    for spec in SPECS:
+    for spec in KERNEL_SPECS:
         p = _params(spec, 2, seed=6)
-        np.testing.assert_allclose(fast_cpu.KERNELS[spec.fn](view, p, np), spec.fn(img, p, np), atol=1e-4)
+        np.testing.assert_allclose(implementation(spec, np)(view, p, np), spec.fn(img, p, np), atol=1e-4)
 
 
 def test_gamma_polynomials_cover_the_exponent_range():
@@ -129,12 +136,13 @@ def test_denoise_at_several_strengths_in_one_pass_equals_each_strength_bit_for_b
 
 
 def test_executor_fast_and_reference_agree_on_mixed_pipelines():
+    reg = catalogue()  # the paper's ten and the extensions, kernels or not
     rng = np.random.default_rng(8)
     img = _hard_images(8, 24, 28, seed=8)
-    tokens = np.stack([rng.permutation(R.n_modules + 1)[:6] for _ in range(8)])  # STOP anywhere
-    params = rng.random((8, R.n_params)).astype(np.float32)
-    fast = ISPExecutor(R, np, "fast")
-    ref = ISPExecutor(R, np, "reference")
+    tokens = np.stack([rng.permutation(reg.n_modules + 1)[:6] for _ in range(8)])  # STOP anywhere
+    params = rng.random((8, reg.n_params)).astype(np.float32)
+    fast = ISPExecutor(reg, np, "fast")
+    ref = ISPExecutor(reg, np, "reference")
     np.testing.assert_allclose(fast.run(img, tokens, params), ref.run(img, tokens, params), atol=3e-4)
     assert fast.stats == ref.stats  # the same grouping: the kernels change speed, not the work counted
 
@@ -145,14 +153,34 @@ def test_dispatch_is_by_function_identity_so_custom_modules_keep_their_code():
 
     custom = ModuleSpec("gamma", my_gamma, ("gamma",), (0.1,), (3.0,), ("exponent",), (1.0,), 1.0)
     reg = Registry((custom,))
-    assert implementation(my_gamma, np) is my_gamma
-    assert implementation(m.gamma, np) is fast_cpu.KERNELS[m.gamma]
-    assert implementation(m.gamma, np, "reference") is m.gamma
+    paper_gamma = R.modules[R.index("gamma")]
+    assert implementation(custom, np) is my_gamma
+    assert implementation(paper_gamma, np) is fast_cpu.KERNELS[m.gamma]
+    assert implementation(paper_gamma, np, "reference") is m.gamma
     img = np.full((1, 4, 4, 3), 0.8, np.float32)
     out = ISPExecutor(reg, np).run(img, np.array([[0]]), np.array([[0.5]], np.float32))
     np.testing.assert_allclose(out, 0.4)
     with pytest.raises(ValueError, match="kernels must be one of"):
-        implementation(m.gamma, np, "turbo")
+        implementation(paper_gamma, np, "turbo")
+
+
+def test_a_kernel_declared_by_a_module_runs_for_its_namespace_only():
+    """An extension module brings its kernel in its spec (`kernels={"numpy": ...}`): it runs for `fast` on NumPy,
+    the reference for `reference` and on namespaces it declares nothing for."""
+
+    def halve(img, params, xp):
+        return xp.clip(img * 0.5, 0.0, 1.0)
+
+    def halve_fused(img, params, xp):
+        return (img * np.float32(0.5)).astype(np.float32)
+
+    spec = ModuleSpec("halve", halve, ("k",), (0.0,), (1.0,), ("-",), (0.0,), 1.0, kernels={"numpy": halve_fused})
+    assert implementation(spec, np) is halve_fused
+    assert implementation(spec, np, "reference") is halve
+    assert implementation(spec, types.ModuleType("cupy"), "fast") is halve  # nothing launched: dispatch only
+    img = np.full((1, 4, 4, 3), 0.8, np.float32)
+    out = ISPExecutor(Registry((spec,)), np).run(img, np.array([[0]]), np.zeros((1, 1), np.float32))
+    np.testing.assert_array_equal(out, halve_fused(img, None, np))
 
 
 def test_kernels_keep_to_the_cpu_share_ray_gives_a_worker(monkeypatch):

@@ -10,10 +10,11 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from envs.sequence_isp import sequence_action_space
+from posisp_dist.isp import DEFAULT_REGISTRY as R
 from posisp_dist.policy import PipelineDistribution, SequencePolicyModule
 
 OBS = spaces.Box(0.0, 1.0, (32, 32, 3), np.float32)
-ACT = sequence_action_space(10, 10, 27)
+ACT = sequence_action_space(R.n_modules, 10, R.n_params)  # the default config's modules, max_len 10
 
 
 def build(**model_config):

@@ -11,6 +11,7 @@ from posisp_dist.isp.xp import to_numpy
 
 
 def test_default_library_matches_paper():
+    """The one place the paper's sizes are written out: every other test derives them from the registry."""
     assert R.names == (
         "exposure",
         "gamma",
@@ -29,15 +30,19 @@ def test_default_library_matches_paper():
 
 def test_normalised_to_physical_is_linear_and_invertible():
     lo, hi = R.vector("low"), R.vector("high")
-    np.testing.assert_allclose(R.to_physical(np.zeros((1, 27))), lo[None], rtol=1e-6)
-    np.testing.assert_allclose(R.to_physical(np.ones((1, 27))), hi[None], rtol=1e-6)
-    p = np.random.default_rng(0).random((5, 27)).astype(np.float32)
+    np.testing.assert_allclose(R.to_physical(np.zeros((1, R.n_params))), lo[None], rtol=1e-6)
+    np.testing.assert_allclose(R.to_physical(np.ones((1, R.n_params))), hi[None], rtol=1e-6)
+    p = np.random.default_rng(0).random((5, R.n_params)).astype(np.float32)
     np.testing.assert_allclose(R.to_normalised(R.to_physical(p)), p, atol=1e-5)
 
 
 @pytest.mark.parametrize(
     "params, match",
-    [(np.full((2, 27), np.nan), "NaN"), (np.full((2, 27), 1.5), r"\[0, 1\]"), (np.zeros((2, 26)), r"\(B, 27\)")],
+    [
+        (np.full((2, R.n_params), np.nan), "NaN"),
+        (np.full((2, R.n_params), 1.5), r"\[0, 1\]"),
+        (np.zeros((2, R.n_params - 1)), rf"\(B, {R.n_params}\)"),
+    ],
 )
 def test_bad_normalised_params_raise(params, match):
     with pytest.raises(ValueError, match=match):
@@ -56,7 +61,7 @@ def test_spec_validation_and_registration():
         ModuleSpec("bad", lambda i, p, xp: i, ("a",), (0.0,), (1.0,), ("u",), (2.0,), 1.0)
     invert = ModuleSpec("invert", lambda i, p, xp: 1.0 - i, ("unused",), (0.0,), (1.0,), ("-",), (0.0,), 0.5)
     reg = R.with_module(invert)
-    assert reg.n_modules == 11 and reg.n_params == 28 and reg.index("invert") == 10
+    assert reg.n_modules == R.n_modules + 1 and reg.n_params == R.n_params + 1 and reg.index("invert") == R.n_modules
     with pytest.raises(ValueError, match="duplicate"):
         reg.with_module(invert)
 
@@ -80,7 +85,7 @@ def test_executor_matches_per_image_loop_and_bounds_calls(xp):
     b, length = 24, 6
     img = rng.random((b, 16, 16, 3), dtype=np.float32)
     tokens = rng.integers(0, R.n_modules + 1, (b, length))  # includes STOP and repeats
-    params = rng.random((b, 27)).astype(np.float32)
+    params = rng.random((b, R.n_params)).astype(np.float32)
     ex = ISPExecutor(R, xp, kernels="reference")  # exact grouping check; fused kernels: test_fast_kernels.py
     out = to_numpy(ex.run(xp.asarray(img), tokens, params))
     np.testing.assert_allclose(out, _looped(img, tokens, params), atol=1e-5)
@@ -94,9 +99,10 @@ def test_executor_matches_per_image_loop_and_bounds_calls(xp):
 
 def test_executor_stop_and_empty_pipelines():
     img = np.random.default_rng(0).random((3, 8, 8, 3), dtype=np.float32)
-    tokens = np.array([[10, 0, 0], [1, 10, 1], [10, 10, 10]])
+    stop = R.n_modules
+    tokens = np.array([[stop, 0, 0], [1, stop, 1], [stop, stop, stop]])
     ex = ISPExecutor()
-    out = ex.run(img, tokens, np.full((3, 27), 0.7, np.float32))
+    out = ex.run(img, tokens, np.full((3, R.n_params), 0.7, np.float32))
     np.testing.assert_array_equal(out[0], img[0])  # STOP first: nothing after it runs
     np.testing.assert_array_equal(out[2], img[2])
     assert ex.stats.module_runs == 1
@@ -105,21 +111,21 @@ def test_executor_stop_and_empty_pipelines():
 @pytest.mark.parametrize(
     "tokens, match",
     [
-        (np.array([[11, 0]]), r"module ids must lie in \[0, 10\]"),
+        (np.array([[R.n_modules + 1, 0]]), rf"module ids must lie in \[0, {R.n_modules}\]"),
         (np.array([[0.5, 1]]), "integer"),
         (np.zeros((2, 2), int), r"tokens must be shaped \(B=1"),
     ],
 )
 def test_executor_rejects_bad_tokens(tokens, match):
     with pytest.raises(ValueError, match=match):
-        ISPExecutor().run(np.zeros((1, 8, 8, 3), np.float32), tokens, np.zeros((1, 27), np.float32))
+        ISPExecutor().run(np.zeros((1, 8, 8, 3), np.float32), tokens, np.zeros((1, R.n_params), np.float32))
 
 
 def test_decode_encode_round_trip():
     ex = ISPExecutor()
     rng = np.random.default_rng(3)
-    tokens = np.array([4, 0, 7, 10, 2])
-    params = rng.random(27).astype(np.float32)
+    tokens = np.array([4, 0, 7, R.n_modules, 2])
+    params = rng.random(R.n_params).astype(np.float32)
     pipe = ex.decode(tokens, params)
     assert pipe.modules == ("denoise", "exposure", "saturation")
     assert set(pipe.params[0]) == {"h"}

@@ -13,6 +13,8 @@ from envs.core import ISPTaskCore, brightness_penalty
 from posisp_dist.data.shards import RawDataset
 from posisp_dist.isp import DEFAULT_REGISTRY as R
 
+M, P = R.n_modules, R.n_params  # STOP is id M
+
 
 @pytest.fixture(scope="module")
 def core(tiny_data, tiny_task):
@@ -44,11 +46,11 @@ def test_same_seed_same_rollout(core):
 def test_reward_definition_and_stop_only(core):
     env = SequenceISPEnv(core, max_len=4)
     env.reset(seed=0)
-    stop = {"modules": np.full(4, R.n_modules), "params": np.full(27, 0.5, np.float32)}
+    stop = {"modules": np.full(4, R.n_modules), "params": np.full(R.n_params, 0.5, np.float32)}
     _, rew, term, _, info = env.step(stop)
     assert rew == 0.0 and term and info["length"] == 0 and info["cost"] == 0.0
     env.reset(seed=0)
-    action = {"modules": np.array([0, 0, R.n_modules, 1]), "params": np.full(27, 0.75, np.float32)}
+    action = {"modules": np.array([0, 0, R.n_modules, 1]), "params": np.full(R.n_params, 0.75, np.float32)}
     _, rew, _, _, info = env.step(action)  # exposure twice (+1.75 EV each), then STOP: gamma never runs
     assert info["pipeline"]["modules"] == ["exposure", "exposure"]
     assert info["cost"] == pytest.approx(2 * 1.7)
@@ -68,19 +70,19 @@ def test_cost_lambda_charges_modules(tiny_data, tiny_task):
     batch = RawDataset(tiny_data, "val").load()
     free = ISPTaskCore(batch, tiny_task, R, preview_size=32, brightness=False)
     paid = ISPTaskCore(batch, tiny_task, R, preview_size=32, brightness=False, cost_lambda=0.1)
-    tokens, params = np.array([[3, 4, 10]]), np.full((1, 27), 0.5, np.float32)
+    tokens, params = np.array([[3, 4, R.n_modules]]), np.full((1, R.n_params), 0.5, np.float32)
     a, b = free.evaluate(np.array([0]), tokens, params), paid.evaluate(np.array([0]), tokens, params)
-    assert a.reward[0] - b.reward[0] == pytest.approx(0.1 * (6.3 + 10.0))
+    assert a.reward[0] - b.reward[0] == pytest.approx(0.1 * (6.3 + 10.0))  # sharpen's and denoise's costs
 
 
 @pytest.mark.parametrize(
     "action, match",
     [
-        ({"modules": np.zeros(4, int), "params": np.full(27, np.nan, np.float32)}, "NaN"),
-        ({"modules": np.zeros(4, int), "params": np.full(27, 1.5, np.float32)}, r"\[0, 1\]"),
-        ({"modules": np.zeros(3, int), "params": np.zeros(27, np.float32)}, r"shaped \(4,\)"),
-        ({"modules": np.zeros(4, int), "params": np.zeros(26, np.float32)}, r"shaped \(27,\)"),
-        ({"modules": np.full(4, 11), "params": np.zeros(27, np.float32)}, r"ids must lie in \[0, 10\]"),
+        ({"modules": np.zeros(4, int), "params": np.full(P, np.nan, np.float32)}, "NaN"),
+        ({"modules": np.zeros(4, int), "params": np.full(P, 1.5, np.float32)}, r"\[0, 1\]"),
+        ({"modules": np.zeros(3, int), "params": np.zeros(P, np.float32)}, r"shaped \(4,\)"),
+        ({"modules": np.zeros(4, int), "params": np.zeros(P - 1, np.float32)}, rf"shaped \({P},\)"),
+        ({"modules": np.full(4, M + 1), "params": np.zeros(P, np.float32)}, rf"ids must lie in \[0, {M}\]"),
     ],
 )
 def test_bad_actions_are_rejected(core, action, match):
@@ -92,7 +94,7 @@ def test_bad_actions_are_rejected(core, action, match):
 
 def test_step_without_reset_raises(core):
     with pytest.raises(RuntimeError, match="reset"):
-        SequenceISPEnv(core, max_len=4).step({"modules": np.zeros(4, int), "params": np.zeros(27, np.float32)})
+        SequenceISPEnv(core, max_len=4).step({"modules": np.zeros(4, int), "params": np.zeros(P, np.float32)})
 
 
 def test_vector_env_batches_one_executor_and_task_call(core):
@@ -119,10 +121,10 @@ def test_a_batch_of_stop_only_pipelines_has_zero_parameter_gradient(core):
     """The pathwise step on pipelines that run no module: reward 0 and a zero gradient (no path to the params),
     not an autograd error that ends the EnvRunner's round."""
     stop = np.full((3, 4), R.n_modules)
-    res = core.evaluate(np.arange(3), stop, np.full((3, 27), 0.5, np.float32), param_grad=True)
+    res = core.evaluate(np.arange(3), stop, np.full((3, P), 0.5, np.float32), param_grad=True)
     np.testing.assert_array_equal(res.reward, 0.0)
-    assert res.param_grad.shape == (3, 27) and not res.param_grad.any()
+    assert res.param_grad.shape == (3, P) and not res.param_grad.any()
     mixed = stop.copy()
     mixed[1, 0] = 0  # one exposure: that row's gradient is real, the others stay 0
-    res = core.evaluate(np.arange(3), mixed, np.full((3, 27), 0.5, np.float32), param_grad=True)
+    res = core.evaluate(np.arange(3), mixed, np.full((3, P), 0.5, np.float32), param_grad=True)
     assert res.param_grad[1].any() and not res.param_grad[[0, 2]].any()

@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from posisp_dist.isp import DEFAULT_REGISTRY as R
 from posisp_dist.policy import SequencePolicyNet
 from posisp_dist.policy.pipeline_dist import MASKED, alive_mask
 
@@ -80,23 +81,23 @@ def test_alive_mask_marks_positions_up_to_the_first_stop():
 
 def test_scoring_a_sampled_action_reproduces_its_logprob():
     torch.manual_seed(2)
-    net = SequencePolicyNet(10, 27, 10)
+    net = SequencePolicyNet(R.n_modules, R.n_params, 10)
     obs = torch.rand(8, 64, 64, 3)
     action, logp, ent, value = net.get_action_and_value(obs)
     _, logp2, ent2, value2 = net.get_action_and_value(obs, action)
     torch.testing.assert_close(logp, logp2)
     torch.testing.assert_close(value, value2)
-    assert action["params"].shape == (8, 27) and ((action["params"] >= 0) & (action["params"] <= 1)).all()
+    assert action["params"].shape == (8, R.n_params) and ((action["params"] >= 0) & (action["params"] <= 1)).all()
 
 
 def test_greedy_decoding_is_deterministic_and_image_blind_ignores_the_image():
     torch.manual_seed(4)
-    net = SequencePolicyNet(10, 27, 10, hidden=16)
+    net = SequencePolicyNet(R.n_modules, R.n_params, 10, hidden=16)
     obs = torch.rand(4, 32, 32, 3)
     a1, *_ = net.get_action_and_value(obs, greedy=True)
     a2, *_ = net.get_action_and_value(obs, greedy=True)
     assert torch.equal(a1["modules"], a2["modules"]) and torch.equal(a1["params"], a2["params"])
-    blind = SequencePolicyNet(10, 27, 10, hidden=16, image_blind=True)
+    blind = SequencePolicyNet(R.n_modules, R.n_params, 10, hidden=16, image_blind=True)
     d1 = blind.decode(blind.features(torch.rand(2, 32, 32, 3)), greedy=True)
     d2 = blind.decode(blind.features(torch.rand(2, 32, 32, 3)), greedy=True)
     torch.testing.assert_close(d1.logits, d2.logits)  # the sequence does not depend on the image

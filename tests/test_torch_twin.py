@@ -1,5 +1,5 @@
-"""The differentiable torch twin against the reference modules: values over the range corners, gradients by
-finite differences per parameter, and finiteness at the range ends."""
+"""The differentiable torch twins of every module of the catalogue against their references: values over the
+range corners, gradients by finite differences per parameter, and finiteness at the range ends."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from posisp_dist.isp import torch_twin as tw
+from posisp_dist.isp.catalogue import catalogue
 from posisp_dist.isp.executor import ISPExecutor
 from posisp_dist.isp.registry import DEFAULT_REGISTRY as R
 from posisp_dist.isp.registry import ModuleSpec
 
-SPECS = list(R.modules)
+SPECS = list(catalogue().modules)
 IDS = [s.name for s in SPECS]
 VALUE_ATOL = 2e-5  # float32 twin vs float32 reference; the denoise sums over 121 offsets in another order
 
@@ -89,24 +90,32 @@ def test_twin_gradients_finite_at_range_ends(spec, corner):
 
 
 def test_run_pipelines_equals_the_executor_and_reaches_every_used_param():
-    """Mixed pipelines in one batch: the twin's output equals the executor's (reference kernels), and the
-    gradient reaches exactly the params of the modules each row runs."""
+    """Mixed pipelines in one batch over the whole catalogue (the extension modules in a row of their own): the
+    twin's output equals the executor's (reference kernels), and the gradient reaches exactly the params of the
+    modules each row runs."""
+    reg = catalogue()
     rng = np.random.default_rng(0)
-    b, stop = 4, R.n_modules
-    tokens = np.array([[0, 2, 1, stop], [4, 0, stop, stop], [5, 6, 7, 9], [stop, stop, stop, stop]])
-    norm = np.clip(R.identity_normalised() + 0.1 * (rng.random((b, R.n_params)) - 0.5), 0, 1).astype(np.float32)
-    norm[:, R.param_slice(R.index("denoise"))] = 0.3  # h at its identity (1e-5) has a zero gradient
+    b, stop = 5, reg.n_modules
+    index = [reg.index(n) for n in ("exposure", "ccm", "gamma", "denoise", "tone", "contrast", "saturation")]
+    extras = list(range(R.n_modules, reg.n_modules))[:4]
+    tokens = np.array([[*index[:3], stop], [index[3], index[0], stop, stop], [*index[4:], reg.index("white_balance")],
+                       [stop] * 4, extras + [stop] * (4 - len(extras))])  # fmt: skip
+    # near identity, off the range ends (at an end, to_physical's clamp has a zero gradient)
+    norm = np.clip(reg.identity_normalised() + 0.1 * (rng.random((b, reg.n_params)) - 0.5), 0.01, 0.99)
+    norm = norm.astype(np.float32)
+    norm[:, reg.param_slice(reg.index("denoise"))] = 0.3  # h at its identity (1e-5) has a zero gradient
     img = _img(b=b, h=16, w=16)
-    want = ISPExecutor(R, np, "reference").run(img, tokens, norm)
+    want = ISPExecutor(reg, np, "reference").run(img, tokens, norm)
     p = torch.from_numpy(norm).requires_grad_(True)
-    got = tw.run_pipelines(_nchw(img), tokens, p, R)
+    got = tw.run_pipelines(_nchw(img), tokens, p, reg)
     np.testing.assert_allclose(got.detach().numpy().transpose(0, 2, 3, 1), want, atol=VALUE_ATOL)
     got.sum().backward()
+    assert torch.isfinite(p.grad).all()
     for row in range(b):
         used = {int(t) for t in tokens[row] if t != stop}
-        for i in range(R.n_modules):
-            reached = bool(p.grad[row, R.param_slice(i)].abs().sum() > 0)
-            assert reached == (i in used), (row, R.names[i])
+        for i in range(reg.n_modules):
+            reached = bool(p.grad[row, reg.param_slice(i)].abs().sum() > 0)
+            assert reached == (i in used), (row, reg.names[i])
 
 
 def test_module_without_twin_is_named():
@@ -127,7 +136,7 @@ def test_fast_denoise_backward_keeps_the_value_and_the_h_gradient():
     the image gradient passed straight through (a global exposure upstream gets the same sign and, because
     the NLM's rows sum to 1, nearly the same size)."""
     img = _nchw(np.clip(_img(b=2, h=24, w=24, seed=7) * 0.5 + 0.2, 0, 1))
-    tokens = np.array([[0, 4, 10], [0, 4, 10]])
+    tokens = np.array([[0, 4, R.n_modules]] * 2)
     norm = torch.from_numpy(R.identity_normalised()[None].repeat(2, 0).copy())
     norm[:, R.param_slice(0)] = 0.55  # a little exposure, so upstream gradients are not clamped away
     norm[:, R.param_slice(4)] = 0.25

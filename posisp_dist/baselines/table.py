@@ -9,8 +9,9 @@ import numpy as np
 
 from posisp_dist.config import Config
 from posisp_dist.data.shards import RawBatch, RawDataset
+from posisp_dist.isp.catalogue import registry_for
 from posisp_dist.isp.executor import ISPExecutor
-from posisp_dist.isp.registry import DEFAULT_REGISTRY, Registry
+from posisp_dist.isp.registry import Registry
 from posisp_dist.isp.render import camera_isp, input_raw
 from posisp_dist.tasks.base import TaskModel
 
@@ -66,9 +67,10 @@ def random_search(cfg: Config, task: TaskModel, val: RawBatch, executor: ISPExec
 
 
 def baseline_table(
-    cfg: Config, task: TaskModel, split: str = "test", xp: ModuleType = np, registry: Registry = DEFAULT_REGISTRY
+    cfg: Config, task: TaskModel, split: str = "test", xp: ModuleType = np, registry: Registry | None = None
 ) -> list[dict[str, Any]]:
-    """Rows {method, <the task's metrics>, score[, pipeline]} on `split` for the references and random search."""
+    """Rows {method, <the task's metrics>, score[, pipeline]} on `split` for the references and random search
+    (over `registry`, by default the config's modules)."""
     data = RawDataset(cfg.data.root, split).load()
     rows = []
     for kind in REFERENCES:
@@ -76,7 +78,7 @@ def baseline_table(
         rows.append(
             {"method": kind, **task.evaluate(img, data.targets), "score": float(np.mean(task.score(img, data.targets)))}
         )
-    executor = ISPExecutor(registry, xp, cfg.isp.kernels)
+    executor = ISPExecutor(registry or registry_for(cfg.isp.modules), xp, cfg.isp.kernels)
     found = random_search(cfg, task, RawDataset(cfg.data.root, "val").load(), executor)
     img = run_fixed(executor, render_reference(data, "input_raw", xp), found["tokens"], found["params"])
     rows.append(

@@ -60,7 +60,7 @@ def bench_size(
     params = np.full((batch, registry.n_params), 0.5, np.float32)
     for kind in kernels:
         for i, spec in enumerate(registry.modules):
-            fn, p = implementation(spec.fn, xp, kind), mid[:, registry.param_slice(i)]
+            fn, p = implementation(spec, xp, kind), mid[:, registry.param_slice(i)]
             t = _timeit(lambda fn=fn, p=p: fn(img, p, xp), xp, min_time)
             row = {**base, "kernels": kind, "op": spec.name, "seconds": t, "images_per_s": batch / t}
             if spec.name in POINTWISE:

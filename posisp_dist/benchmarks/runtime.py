@@ -54,11 +54,11 @@ def policy_latency(cfg: Config, batches: tuple[int, ...] = (1, 64), reps: int = 
     import gymnasium as gym
 
     from envs.sequence_isp import sequence_action_space
-    from posisp_dist.isp.registry import DEFAULT_REGISTRY
+    from posisp_dist.isp.catalogue import registry_for
     from posisp_dist.policy.rl_module import SequencePolicyModule
 
     s = cfg.env.preview_size
-    reg = DEFAULT_REGISTRY.subset(cfg.isp.modules)
+    reg = registry_for(cfg.isp.modules)
     obs_space = gym.spaces.Box(0.0, 1.0, (s, s, 3), np.float32)
     module = SequencePolicyModule(
         observation_space=obs_space,

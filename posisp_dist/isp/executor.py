@@ -58,7 +58,7 @@ class ISPExecutor:
         self.registry = registry
         self.xp = xp
         self.kernels = kernels
-        self.impls = tuple(implementation(spec.fn, xp, kernels) for spec in registry.modules)
+        self.impls = tuple(implementation(spec, xp, kernels) for spec in registry.modules)
         self.stop = registry.n_modules
         self.stats = ExecStats()
 

@@ -1,10 +1,11 @@
 """Which implementation runs a module: its reference function, or a fused kernel for the backend.
 
-`fast` kernels are looked up by the identity of the module's reference function, so a module registered
-under an existing name with its own function keeps its own code. NumPy's kernels are the Numba ones in
-`fast_cpu.py`, CuPy's the CUDA ones in `fast_gpu.py` (point-wise modules; sharpen and denoise run their
-reference array code on the GPU). Without Numba, or for `kernels="reference"`, every module runs its
-reference function.
+A module's own kernels (`ModuleSpec.kernels`, by array namespace name: how an extension module of
+`isp/extra/` brings one) come first. The paper's ten are looked up by the identity of their reference
+function, so a module registered under an existing name with its own function keeps its own code. NumPy's
+kernels are the Numba ones in `fast_cpu.py`, CuPy's the CUDA ones in `fast_gpu.py` (point-wise modules;
+sharpen and denoise run their reference array code on the GPU). Without Numba, or for
+`kernels="reference"`, every module runs its reference function.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from functools import cache
 from types import ModuleType
 from typing import Any
+
+from posisp_dist.isp.registry import ModuleSpec
 
 KERNEL_CHOICES = ("fast", "reference")
 
@@ -35,10 +38,13 @@ def _gpu_kernels() -> dict[Callable[..., Any], Callable[..., Any]]:
     return KERNELS
 
 
-def implementation(fn: Callable[..., Any], xp: ModuleType, kernels: str = "fast") -> Callable[..., Any]:
-    """The function that runs the module whose reference is `fn` on namespace `xp`."""
+def implementation(spec: ModuleSpec, xp: ModuleType, kernels: str = "fast") -> Callable[..., Any]:
+    """The function that runs module `spec` on namespace `xp`."""
     if kernels not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
+    fn = spec.fn
+    if kernels == "fast" and xp.__name__ in spec.kernels:
+        return spec.kernels[xp.__name__]
     if kernels == "fast" and xp.__name__ == "numpy":
         return _cpu_kernels().get(fn, fn)
     if kernels == "fast" and xp.__name__ == "cupy":

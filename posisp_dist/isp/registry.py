@@ -1,13 +1,14 @@
 """One registry table: the single source of truth for modules, parameter ranges, units and costs.
 
 The action space, the normalised -> physical mapping, the README table and the parametrised tests are
-all derived from `DEFAULT_MODULES`. Normalised parameters live in [0, 1] and map linearly to
-``low + (high - low) * p`` (POS-ISP's mapping).
+all derived from the registry a config selects: `DEFAULT_MODULES` (the paper's ten) by default, or any
+modules of the catalogue (`catalogue.py`: the ten plus one `ModuleSpec` per file of `isp/extra/`).
+Normalised parameters live in [0, 1] and map linearly to ``low + (high - low) * p`` (POS-ISP's mapping).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 from posisp_dist.isp import modules as m
 
 ModuleFn = Callable[[Any, Any, ModuleType], Any]
+TwinFn = Callable[[Any, Any], Any]  # (x NCHW torch tensor, physical params (B, k)) -> tensor; see torch_twin.py
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class ModuleSpec:
     identity: tuple[float, ...]
     cost: float  # AdaptiveISP's filters_runtime figure (relative runtime; presumably ms at 512^2)
     doc: str = ""
+    # An extension module's own differentiable torch twin (the paper's ten have theirs in torch_twin.py).
+    twin: TwinFn | None = field(default=None, compare=False)
+    # Optional fused kernels by array namespace name ("numpy", "cupy"); without one the reference runs.
+    kernels: Mapping[str, ModuleFn] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         k = len(self.param_names)
@@ -85,26 +91,36 @@ def check_physical_range(spec: ModuleSpec, params: Any, xp: ModuleType = np) -> 
             )
 
 
-def _spec(name: str, fn: ModuleFn, params: Sequence[tuple[str, float, float, str, float]], cost: float) -> ModuleSpec:
+def module_spec(
+    name: str,
+    fn: ModuleFn,
+    params: Sequence[tuple[str, float, float, str, float]],
+    cost: float,
+    twin: TwinFn | None = None,
+    kernels: Mapping[str, ModuleFn] | None = None,
+) -> ModuleSpec:
+    """A spec from one row per parameter, (name, low, high, unit, identity); its doc is `fn`'s docstring."""
     names, low, high, units, ident = zip(*params, strict=True)
-    return ModuleSpec(name, fn, names, low, high, units, ident, cost, doc=(fn.__doc__ or "").strip())
+    doc = (fn.__doc__ or "").strip()
+    return ModuleSpec(name, fn, names, low, high, units, ident, cost, doc, twin, dict(kernels or {}))
 
 
 _CCM_PARAMS = [(f"m{r}{c}", -2.0, 2.0, "matrix entry", 1.0 if r == c else 0.0) for r in range(3) for c in range(3)]
 _TONE_PARAMS = [(f"slope{i}", 0.5, 2.0, "relative slope", 1.0) for i in range(8)]
+_WB_PARAMS = [(f"gain_{c}", 1 / 1.1, 1.1, "gain multiplier", 1.0) for c in "rgb"]
 
 # Order = AdaptiveISP's cfg.filters ids 0..9; ranges = POS-ISP's linear mapping (reference/paper.md §3.1).
 DEFAULT_MODULES: tuple[ModuleSpec, ...] = (
-    _spec("exposure", m.exposure, [("ev", -3.5, 3.5, "EV stops", 0.0)], 1.7),
-    _spec("gamma", m.gamma, [("gamma", 1 / 3, 3.0, "exponent", 1.0)], 2.0),
-    _spec("ccm", m.ccm, _CCM_PARAMS, 1.9),
-    _spec("sharpen", m.sharpen, [("factor", 1e-5, 10.0, "blend factor (<1 blurs)", 1.0)], 6.3),
-    _spec("denoise", m.denoise, [("h", 1e-5, 1.0, "NLM filtering strength", 1e-5)], 10.0),
-    _spec("tone", m.tone_curve, _TONE_PARAMS, 2.7),
-    _spec("contrast", m.contrast, [("alpha", -1.0, 1.0, "blend weight", 0.0)], 2.1),
-    _spec("saturation", m.saturation_plus, [("alpha", 0.0, 1.0, "blend weight", 0.0)], 2.0),
-    _spec("desaturation", m.desaturation, [("alpha", 0.0, 1.0, "blend weight", 0.0)], 1.9),
-    _spec("white_balance", m.white_balance, [(f"gain_{c}", 1 / 1.1, 1.1, "gain multiplier", 1.0) for c in "rgb"], 1.7),
+    module_spec("exposure", m.exposure, [("ev", -3.5, 3.5, "EV stops", 0.0)], 1.7),
+    module_spec("gamma", m.gamma, [("gamma", 1 / 3, 3.0, "exponent", 1.0)], 2.0),
+    module_spec("ccm", m.ccm, _CCM_PARAMS, 1.9),
+    module_spec("sharpen", m.sharpen, [("factor", 1e-5, 10.0, "blend factor (<1 blurs)", 1.0)], 6.3),
+    module_spec("denoise", m.denoise, [("h", 1e-5, 1.0, "NLM filtering strength", 1e-5)], 10.0),
+    module_spec("tone", m.tone_curve, _TONE_PARAMS, 2.7),
+    module_spec("contrast", m.contrast, [("alpha", -1.0, 1.0, "blend weight", 0.0)], 2.1),
+    module_spec("saturation", m.saturation_plus, [("alpha", 0.0, 1.0, "blend weight", 0.0)], 2.0),
+    module_spec("desaturation", m.desaturation, [("alpha", 0.0, 1.0, "blend weight", 0.0)], 1.9),
+    module_spec("white_balance", m.white_balance, _WB_PARAMS, 1.7),
 )
 
 
@@ -177,15 +193,21 @@ class Registry:
         """A registry extended by one more module."""
         return Registry((*self.modules, spec))
 
-    def markdown_table(self) -> str:
-        rows = ["| id | module | parameters (physical range, unit) | identity | cost |", "|---|---|---|---|---|"]
+    def markdown_table(self, opt_in: Collection[str] = ()) -> str:
+        """The modules as a Markdown table: action id (or "opt-in" for the names in `opt_in`), parameters with
+        their physical ranges and units, identity, cost and what the module does (its doc's first line)."""
+        rows = [
+            "| id | module | parameters (physical range, unit) | identity | cost | what it does |",
+            "|---|---|---|---|---|---|",
+        ]
         for i, s in enumerate(self.modules):
             ps = "; ".join(
                 f"{n} [{lo:.3g}, {hi:.3g}] {u}"
                 for n, lo, hi, u in zip(s.param_names, s.low, s.high, s.units, strict=True)
             )
             ident = ", ".join(f"{v:.3g}" for v in s.identity)
-            rows.append(f"| {i} | {s.name} | {ps} | {ident} | {s.cost} |")
+            doc = s.doc.splitlines()[0].replace("|", "\\|") if s.doc else ""  # a "|" would end the cell
+            rows.append(f"| {'opt-in' if s.name in opt_in else i} | {s.name} | {ps} | {ident} | {s.cost} | {doc} |")
         return "\n".join(rows)
 
 

@@ -3,9 +3,11 @@
 Each twin computes what its reference in `modules.py` computes (same clamps, same constants), on NCHW
 torch tensors with per-image physical params `(B, k)`, and is differentiable in both the image and the
 params, so the task loss of the frozen task model can be backpropagated through a whole pipeline into
-the normalised parameters (POS-ISP's pathwise parameter learning). Twins are looked up by the identity
-of the module's reference function, as `kernels.py` does, so a module registered with its own function
-has no twin until one is registered for it (`register_twin`), and asking for one names the module.
+the normalised parameters (POS-ISP's pathwise parameter learning). A module declared with its own twin
+(`ModuleSpec.twin`: the extension modules of `isp/extra/`, each in its own file) uses it; the paper's ten
+are looked up here by the identity of their reference function, as `kernels.py` does, so a module
+registered with its own function has no twin until one is declared or registered for it (`register_twin`),
+and asking for one names the module.
 
 Where a reference clamps, the twin clamps too: the gradient is then zero on the clamped side, which is
 the true derivative of the reference. Constants that avoid a division by zero (EPS) keep the gradients
@@ -186,12 +188,14 @@ def register_twin(reference: Callable[..., Any], twin: Twin) -> None:
 
 def twin_of(spec: ModuleSpec) -> Twin:
     """The twin of `spec`; raises naming the module when it has none (pathwise learning needs one)."""
+    if spec.twin is not None:
+        return spec.twin
     try:
         return _TWINS[spec.fn]
     except KeyError:
         raise KeyError(
             f"ISP module {spec.name!r} has no differentiable torch twin, so its parameters cannot be learned "
-            "pathwise; register one with posisp_dist.isp.torch_twin.register_twin or use param_learning: ppo"
+            "pathwise; declare one (module_spec(..., twin=...)) or use param_learning: ppo"
         ) from None
 
 

@@ -34,9 +34,9 @@ def env_config(
 
 def probe_registry_identity(cfg: Config) -> list[float]:
     """The normalised identity parameters of the configured modules: where the pathwise parameter network starts."""
-    from posisp_dist.isp.registry import DEFAULT_REGISTRY
+    from posisp_dist.isp.catalogue import registry_for
 
-    return DEFAULT_REGISTRY.subset(cfg.isp.modules).identity_normalised().tolist()
+    return registry_for(cfg.isp.modules).identity_normalised().tolist()
 
 
 def build_algo_config(cfg: Config, shipment: Shipment | None = None, data_errors: Any = None) -> PPOConfig:
