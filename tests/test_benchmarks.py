@@ -75,6 +75,7 @@ def test_runtime_bench_samples_an_env_runner_and_times_the_policy(tiny_cfg, tiny
     assert lat[0]["policy_params"] > 1000
 
 
+@pytest.mark.slow
 def test_loop_bench_measures_the_task_model_the_env_runner_and_whole_iterations_on_one_config(
     tiny_cfg, tiny_data, tiny_task
 ):

@@ -66,6 +66,7 @@ def _wait(client, sid: str, timeout_s: float) -> str:
     return "TIMEOUT"
 
 
+@pytest.mark.slow
 def test_job_submit_trains_on_the_cluster_and_its_run_outlives_the_working_dir(
     head, tiny_cfg, tiny_data, tiny_task, tmp_path
 ):

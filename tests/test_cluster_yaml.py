@@ -114,6 +114,7 @@ print("POSISP-RESULT", json.dumps(seen))
 """
 
 
+@pytest.mark.slow
 def test_local_autoscaling_adds_a_worker_node_when_envrunners_need_more_cpus(tmp_path):
     raw = yaml.safe_load((REPO / "cluster" / "local-autoscale.yaml").read_text())
     config = tmp_path / "autoscale.yaml"

@@ -51,6 +51,7 @@ def test_method_configs_apply_overrides_seed_and_budget(tiny_cfg):
     assert blind.policy.image_blind and blind.train.time_budget_s == 5
 
 
+@pytest.mark.slow
 def test_tiny_compare_produces_every_row_and_counts_compute(tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path):
     raw = tiny_cfg.model_dump(mode="json")
     raw["env"].update(preview_size=16, num_envs_per_runner=16, max_steps=K, reuse_penalty=0.0)

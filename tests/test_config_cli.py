@@ -88,6 +88,7 @@ def _tiny_yaml(tmp_path: Path) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_cli_data_build_and_baselines(tmp_path, capsys):
     cfg = _tiny_yaml(tmp_path)
     assert main(["data", "build", "--config", str(cfg), "--quiet"]) == 0

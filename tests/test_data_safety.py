@@ -83,6 +83,7 @@ def test_a_failed_rebuild_leaves_the_previous_dataset_whole(tmp_path, monkeypatc
     assert digest(root) != before and (root / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_a_corrupt_shard_is_one_line_before_ray_starts(tiny_cfg, tiny_data, tmp_path, capfd):
     import shutil
 

@@ -77,6 +77,7 @@ def counting(monkeypatch) -> dict[str, int]:
     return calls
 
 
+@pytest.mark.slow
 def test_eval_is_computed_once_per_checkpoint_and_split(tiny_cfg, tiny_task, redis_server, tmp_path, monkeypatch):
     run_id, uri, cfg = fake_run(tiny_cfg, tmp_path, redis_server.url)
     ckpt = tmp_path / "runs" / run_id / "checkpoints" / "iter_000001"

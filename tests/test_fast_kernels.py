@@ -217,6 +217,7 @@ def _probe(env: dict[str, str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_full_width_avx512_unless_the_user_chose_cpu_features():
     import llvmlite.binding as llvm
 
@@ -225,6 +226,7 @@ def test_kernels_compile_for_full_width_avx512_unless_the_user_chose_cpu_feature
     assert _probe({"NUMBA_CPU_FEATURES": host.flatten()})["full_width"] is False
 
 
+@pytest.mark.slow
 def test_kernels_leave_torch_on_the_cpu_share_of_a_one_cpu_worker():
     """Numba's OpenMP pool used to raise the process's OpenMP threads (shared with torch) to the core count."""
     assert _probe({"OMP_NUM_THREADS": "1"})["torch_threads"] == 1

@@ -39,6 +39,7 @@ def read_events(tracker: Tracker, run_id: str, tmp: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_a_killed_env_runner_is_restarted_and_the_restart_is_logged(
     tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path
 ):
@@ -148,6 +149,7 @@ def _wait_for_iterations(tracker: Tracker, proc: subprocess.Popen, log: Path, n:
     raise TimeoutError(f"no {n} iterations logged within {timeout} s")
 
 
+@pytest.mark.slow
 def test_a_sigkilled_driver_resumes_into_the_same_run_with_each_iteration_once(
     tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path, driver_process
 ):

@@ -147,6 +147,7 @@ def ft_head(tmp_path):
         server.kill()
 
 
+@pytest.mark.slow
 def test_a_killed_gcs_restarts_from_redis_and_the_detached_actor_survives(ft_head):
     head, server = ft_head
     before = head.driver("create")

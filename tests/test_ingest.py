@@ -223,6 +223,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     assert "raw folder not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_two_iterations_on_ingested_data_with_the_builtin_detector(ingested, ray_local, tmp_path):
     from posisp_dist.config import load_config
     from posisp_dist.tasks.detector import detector_path

@@ -25,6 +25,7 @@ def known_answer_cfg(tiny_cfg: Config, tmp_path, param_learning: str = "ppo") ->
     return Config.model_validate(raw)
 
 
+@pytest.mark.slow
 def test_ppo_reaches_the_analytic_optimum_of_a_known_answer_task(tiny_cfg, tiny_data, tmp_path, ray_local):
     from posisp_dist.train.driver import train
     from posisp_dist.trained.inference import greedy_on_split
@@ -42,6 +43,7 @@ def test_ppo_reaches_the_analytic_optimum_of_a_known_answer_task(tiny_cfg, tiny_
     "advantages, minibatch, bar",
     [("gae", 128, 0.85), ("terminal", 64, 0.70)],  # the same 24 SGD steps an iteration (gae: half the rows bootstrap)
 )
+@pytest.mark.slow
 def test_pathwise_learner_reaches_the_analytic_optimum_through_the_same_stack(
     tiny_cfg, tiny_data, tmp_path, ray_local, advantages, minibatch, bar
 ):

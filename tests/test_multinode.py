@@ -41,6 +41,7 @@ def cluster(tiny_data, tiny_task):
         yield c
 
 
+@pytest.mark.slow
 def test_env_runners_on_two_nodes_read_disjoint_shards_through_the_object_store(tiny_cfg, cluster, tmp_path):
     from posisp_dist.data.shards import RawDataset
     from posisp_dist.data.transport import ship
@@ -75,6 +76,7 @@ def test_env_runners_on_two_nodes_read_disjoint_shards_through_the_object_store(
     assert not (tmp_path / "absent-data").exists() and not (tmp_path / "absent-models").exists()
 
 
+@pytest.mark.slow
 def test_the_driver_trains_on_the_cluster_and_logs_where_each_env_runner_ran(tiny_cfg, cluster, tmp_path):
     from posisp_dist.runs.tracking import Tracker
     from posisp_dist.train.driver import train

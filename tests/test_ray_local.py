@@ -69,6 +69,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to list listening sockets")
 def test_a_local_ray_listens_on_loopback_only_and_prints_no_token_notice():
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", LOCAL_ONLY_ENV)}

@@ -32,6 +32,7 @@ def _assert_failed_naming(tracker: Tracker, run_id: str, victim: Path, ckpt: Pat
     assert f"checkpoints/{ckpt.name}" in {a.path for a in tracker.client.list_artifacts(run_id, "checkpoints")}
 
 
+@pytest.mark.slow
 def test_a_corrupt_shard_fails_the_run_naming_the_file_on_the_driver_or_in_its_env_runner_and_keeps_checkpoints(
     tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path, monkeypatch
 ):
@@ -79,6 +80,7 @@ def test_a_data_error_is_found_inside_a_ray_task_error_and_an_actor_death_is_not
     assert data_error_of(RuntimeError("x")) is None
 
 
+@pytest.mark.slow
 def test_a_posted_data_error_fails_the_iteration_and_a_clean_one_passes(ray_local):
     """The driver's side of the mailbox: a clean iteration returns its result, one after which an EnvRunner
     posted a data error raises it (naming the runner), and an exception of `train()` carrying one is explained."""
@@ -125,6 +127,7 @@ def _wait_for_params(tracker: Tracker, proc, log: Path, timeout: float) -> str:
     raise TimeoutError(f"no run with params within {timeout} s")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_the_run_killed_with_its_reason_and_no_traceback(
     signum, tiny_cfg, tiny_data, tiny_task, tmp_path, driver_process  # noqa: F811

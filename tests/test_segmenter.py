@@ -102,6 +102,7 @@ def test_builtin_segmenter_trains_evaluates_and_backpropagates(segmenter, tiny_d
         type(segmenter)(segmenter.net, segmenter.classes, signal="mixed")
 
 
+@pytest.mark.slow
 def test_quick_seg_config_trains_through_posisp_train(tiny_cfg, tiny_data, segmenter, ray_local, tmp_path):
     """configs/quick-seg.yaml's task on the tiny data, two iterations through `posisp train --eval val`: the
     pathwise learner backpropagates the segmenter's loss; rows and MLflow keys carry mask mAP."""

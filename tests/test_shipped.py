@@ -66,6 +66,7 @@ def test_a_shipped_model_is_used_where_training_would_have_made_it_and_only_ther
         load_task_model(other, tiny_data, progress=False, device="cpu")
 
 
+@pytest.mark.slow
 def test_the_shipped_detector_is_the_default_configs_model_trained_on_its_data(tmp_path):
     """Fails when the default config, the data generator or the training changed: rerun the command it names."""
     from posisp_dist.config import load_config

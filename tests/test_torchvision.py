@@ -224,6 +224,7 @@ def trained(request, tiny_cfg, tiny_data):
     return cfg, load_task_model(cfg.task, tiny_data, progress=False, device="cpu")
 
 
+@pytest.mark.slow
 def test_trained_model_is_cached_deterministic_and_loads_as_a_users_state_dict(trained, tiny_data, tmp_path):
     from posisp_dist.tasks import task_weights_path
 
@@ -240,12 +241,14 @@ def test_trained_model_is_cached_deterministic_and_loads_as_a_users_state_dict(t
     assert user.fingerprint() == model.fingerprint()
 
 
+@pytest.mark.slow
 def test_training_and_inference_open_no_socket(tiny_cfg, tiny_data, tmp_path):
     """A fresh process, guarded (any socket connection or DNS lookup is recorded and refused): trains a light
     Mask R-CNN through the registry and runs its pathwise call."""
     task = {**tv_task(tiny_cfg, "torchvision_seg"), "cache_dir": str(tmp_path / "models")}
     run_guarded_pathwise(tmp_path, "TorchvisionTaskConfig", task, tiny_data, 2, dict(os.environ), timeout=900)
 
+@pytest.mark.slow
 def test_two_iterations_of_posisp_train_in_two_env_runners(trained, tiny_cfg, ray_local, tmp_path):
     """The trained model shipped to two EnvRunner actors through the object store, the pathwise learner
     through the model's own loss, then `posisp eval` of the run."""

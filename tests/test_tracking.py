@@ -209,6 +209,7 @@ print("OLD", rc_old, flush=True)
 """
 
 
+@pytest.mark.slow
 def test_read_only_sqlite_stores_fail_fast_in_one_line(tmp_path):
     import shutil
     import subprocess
@@ -263,6 +264,7 @@ def test_a_run_resumed_to_finished_drops_its_stale_error_tag(tracker):
     assert run.data.tags["posisp.end_reason"] == "finished"
 
 
+@pytest.mark.slow
 def test_first_commands_racing_on_a_new_store_all_succeed(tmp_path):
     """Three processes open the same new sqlite store at once: one creates its tables, the others wait for it."""
     import subprocess

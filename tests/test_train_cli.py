@@ -48,6 +48,7 @@ def artifact_paths(tracker: Tracker, run_id: str, path: str | None = None) -> se
     return {a.path for a in tracker.client.list_artifacts(run_id, path)}
 
 
+@pytest.mark.slow
 def test_train_logs_params_tags_metrics_and_artifacts(trained, tiny_cfg):
     tracker, run_id = trained["tracker"], trained["run_id"]
     run = tracker.get_run(run_id)
@@ -120,6 +121,7 @@ def test_a_second_driver_is_refused_while_another_holds_the_run_then_takes_over_
         pass
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run_without_losing_or_repeating_iterations(trained):
     tracker, run_id = trained["tracker"], trained["run_id"]
     code = main(["train", "--resume", run_id, "--iterations", str(ITERS + 2), "--tracking-uri", trained["uri"],
@@ -180,6 +182,7 @@ def test_unknown_run_ids_and_missing_arguments_are_clear_errors(trained, capsys)
     assert main(["train"]) == 2
 
 
+@pytest.mark.slow
 def test_stepwise_ppo_trains_and_evaluates_through_the_same_stack(tiny_cfg, tiny_data, tiny_task, ray_local, tmp_path):
     """Step-wise PPO with pathwise parameters (quick.yaml's learner): each step's module through its twin."""
     path, uri = write_config(tiny_cfg, tmp_path, env={"preview_size": 16, "num_envs_per_runner": 16,
@@ -199,6 +202,7 @@ def test_stepwise_ppo_trains_and_evaluates_through_the_same_stack(tiny_cfg, tiny
     assert summary["task_backward_images"] == summary["task_images"] > 0  # every scored step backpropagated
 
 
+@pytest.mark.slow
 def test_eval_refuses_data_the_run_never_saw_and_rebuilds_it_on_request(tiny_cfg, tiny_data, ray_local, tmp_path,
                                                                         capsys):
     """As after `posisp seeds`: the run's data.root is rebuilt with another seed. `posisp eval` of the run refuses
@@ -233,6 +237,7 @@ def test_eval_refuses_data_the_run_never_saw_and_rebuilds_it_on_request(tiny_cfg
     assert [r["map"] for r in after] == [r["map"] for r in before]
 
 
+@pytest.mark.slow
 def test_resuming_without_local_checkpoints_reports_the_kept_best(tiny_cfg, tiny_data, ray_local, tmp_path):
     """Local checkpoints deleted (another machine, a cleaned disk): the resumed run's summary names the best-on-val
     checkpoint it fetched back from the run, the one `best_val_iteration` says it kept."""

@@ -207,6 +207,7 @@ def trained(request, tiny_cfg, tiny_data):
     return cfg, load_task_model(cfg.task, tiny_data, progress=False, device="cpu")
 
 
+@pytest.mark.slow
 def test_trained_yolo_is_cached_and_predicts_as_the_library_does(trained, tiny_data, val):
     from posisp_dist.tasks import task_weights_path
 
@@ -237,6 +238,7 @@ def test_trained_yolo_is_cached_and_predicts_as_the_library_does(trained, tiny_d
     assert matched > 0
 
 
+@pytest.mark.slow
 def test_training_and_inference_open_no_socket_and_leave_home_alone(tiny_cfg, tiny_data, tmp_path):
     """A fresh process (guarded: any socket connection or DNS lookup is recorded and refused), with an empty
     HOME and no ultralytics settings yet: trains a YOLO-seg through the registry and runs its pathwise call."""
@@ -255,6 +257,7 @@ def test_training_and_inference_open_no_socket_and_leave_home_alone(tiny_cfg, ti
     assert (tmp_path / f"posisp-ultralytics-{os.getuid()}").is_dir()  # its settings went to the private folder
 
 
+@pytest.mark.slow
 def test_two_iterations_of_posisp_train_in_two_env_runners_then_eval_and_apply(trained, tiny_cfg, tiny_data,
                                                                                 ray_local, tmp_path):
     """The real YOLO shipped to two EnvRunner actors through the object store, the pathwise learner through
@@ -283,6 +286,7 @@ def test_two_iterations_of_posisp_train_in_two_env_runners_then_eval_and_apply(t
     assert (tmp_path / "out" / "shot.png").is_file()
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_a_users_checkpoint_loads_unchanged(trained, tiny_data, tmp_path):
     """Retrained from scratch in another cache: the same weights (ultralytics' trainer, seeded and deterministic);
     the trained file given as the user's `weights` is the same model."""
