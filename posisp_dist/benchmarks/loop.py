@@ -92,7 +92,7 @@ def iteration_images_s(cfg: Config, iterations: int) -> dict[str, float]:
 @contextmanager
 def env_runner_share(cpus: int) -> Iterator[None]:
     """This process computes on an EnvRunner's CPU share, as Ray gives it: torch's threads, and the fused ISP
-    kernels' Numba threads (read from OMP_NUM_THREADS on every call, `isp.fast_cpu._cpu_share`)."""
+    kernels' Numba threads (read from OMP_NUM_THREADS on every call, `isp.fast_prims._cpu_share`)."""
     threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(cpus)
     os.environ["OMP_NUM_THREADS"] = str(cpus)

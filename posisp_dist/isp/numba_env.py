@@ -1,5 +1,5 @@
 """Numba's process-wide settings for the fused CPU kernels, made at import, before Numba is first imported
-(`fast_cpu` imports this module ahead of Numba). A NUMBA_* variable the user set wins, and child processes
+(the fused kernels' files import this module ahead of Numba). A NUMBA_* variable the user set wins, and child processes
 inherit the settings through the environment.
 
 - Full-width AVX-512: LLVM's tuning for recent Xeons stops loops at 256-bit vectors (older chips lowered
