@@ -119,14 +119,17 @@ def end_actor_on_data_error(err: Exception, mailbox: Any, worker_index: int) -> 
 @dataclass(frozen=True)
 class EnvKind:
     """One `env.kind`: its single and vector env classes (both built as `(source, [num_envs,] *args(cfg))`),
-    how many env steps one image takes at most (one action = one whole pipeline: 1), and the steps of its
-    policy's greedy rollout (None: one pipeline per image, decoded at once)."""
+    how many env steps one drawn image takes at most (one action = one whole pipeline: 1, or K with K pipelines
+    per image), the steps of its
+    policy's greedy rollout (None: one pipeline per image, decoded at once), and the vector env's own keyword
+    arguments (the sequence env's K pipelines per image)."""
 
     single: type[gym.Env]
     vector: type[gym.vector.VectorEnv]
     args: Callable[[Config], tuple[Any, ...]]
     steps_per_image: Callable[[Config], int]
     greedy_steps: Callable[[Config], int | None]
+    vector_kwargs: Callable[[Config], dict[str, Any]] = lambda c: {}
 
 
 def _pathwise(cfg: Config) -> bool:
@@ -135,7 +138,9 @@ def _pathwise(cfg: Config) -> bool:
 
 ENV_KINDS: dict[str, EnvKind] = {
     "sequence": EnvKind(
-        SequenceISPEnv, SequenceISPVectorEnv, lambda c: (c.isp.max_len, _pathwise(c)), lambda c: 1, lambda c: None
+        SequenceISPEnv, SequenceISPVectorEnv, lambda c: (c.isp.max_len, _pathwise(c)),
+        lambda c: c.env.pipelines_per_image, lambda c: None,
+        lambda c: {"pipelines_per_image": c.env.pipelines_per_image},
     ),
     "stepwise": EnvKind(
         StepwiseISPEnv,
@@ -163,5 +168,5 @@ def make_env(env_config: dict[str, Any]) -> gym.Env:
         source.bind_worker(env_config.worker_index, env_config.num_workers)
     kind = env_kind(cfg)
     if "num_envs" in env_config:
-        return kind.vector(source, int(env_config["num_envs"]), *kind.args(cfg))
+        return kind.vector(source, int(env_config["num_envs"]), *kind.args(cfg), **kind.vector_kwargs(cfg))
     return kind.single(source, *kind.args(cfg))

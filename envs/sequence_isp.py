@@ -11,6 +11,9 @@ from gymnasium import spaces
 from envs.core import CoreBound, DataSource, ISPTaskCore, StepResult
 from envs.vector import ISPVectorEnv
 
+GROUP = "group"  # step-info key: the id of the image group a pipeline belongs to (K pipelines per image)
+FIRST_OF_IMAGE = "first_of_image"  # step-info key: the group's first pipeline (counts one distinct image)
+
 
 def action_parts(action: Any) -> tuple[np.ndarray, np.ndarray]:
     """(modules, params) of a dict action; a clear error when it is not a dict with both keys."""
@@ -110,18 +113,38 @@ class SequenceISPVectorEnv(ISPVectorEnv):
 
     Autoreset is NEXT_STEP (Gymnasium's default): after the single-step episodes end, the following
     `step` resets the sub-envs and returns reward 0 with `terminated=False`.
+
+    With `pipelines_per_image` K > 1 the sub-envs come in groups of K consecutive slots that start on the same
+    image: N/K images per step, each run through K sampled pipelines (its preview and reference score are the
+    image's own, computed once). Every step's info names each sub-env's `group` (an id unique over the run's
+    EnvRunners: worker index << 40 + draw number) and whether it is the `first_of_image` (one per group: the
+    distinct training images), so the learner can score each pipeline against the image's other K - 1
+    (`train/pathwise.py::TerminalAdvantages`).
     """
 
     def __init__(
-        self, core: DataSource, num_envs: int, max_len: int = 10, param_grad: bool = False
+        self, core: DataSource, num_envs: int, max_len: int = 10, param_grad: bool = False,
+        pipelines_per_image: int = 1,
     ) -> None:
-        self.max_len, self.param_grad = max_len, param_grad
+        if pipelines_per_image < 1 or num_envs % pipelines_per_image:
+            raise ValueError(f"num_envs ({num_envs}) must be a multiple of pipelines_per_image ({pipelines_per_image})")
+        self.max_len, self.param_grad, self.k = max_len, param_grad, pipelines_per_image
         self._spaces(core, num_envs, SequenceISPEnv(core, max_len, param_grad))
         self._idx = np.zeros(num_envs, np.int64)
+        self._group = np.zeros(num_envs, np.int64)
+        self._draws = 0
 
     def _start(self, which: np.ndarray) -> None:
-        if which.any():
-            self._idx[which] = self.np_random.integers(len(self.core), size=int(which.sum()))
+        groups = which.reshape(-1, self.k)
+        if (groups.any(axis=1) != groups.all(axis=1)).any():
+            raise RuntimeError("the K sub-envs of an image group must start together")
+        starting = groups[:, 0]
+        n = int(starting.sum())
+        if n:
+            self._idx.reshape(-1, self.k)[starting] = self.np_random.integers(len(self.core), size=n)[:, None]
+            worker = int(getattr(self.source, "worker_index", 0) or 0)
+            self._group.reshape(-1, self.k)[starting] = ((worker << 40) + self._draws + np.arange(n))[:, None]
+            self._draws += n
 
     def _act(self, active: np.ndarray, actions: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         n, rows = self.num_envs, np.nonzero(active)[0]
@@ -129,7 +152,8 @@ class SequenceISPVectorEnv(ISPVectorEnv):
             return np.zeros(n), np.zeros(n, bool), {}
         tokens, params = np.asarray(actions["modules"])[rows], np.asarray(actions["params"])[rows]
         r = self.core.evaluate(self._idx[rows], tokens, params, self.max_len, param_grad=self.param_grad)
-        info = {"task_score": r.task_score, "ref_score": r.ref_score, "cost": r.cost, "length": r.length}
+        info = {"task_score": r.task_score, "ref_score": r.ref_score, "cost": r.cost, "length": r.length,
+                GROUP: self._group[rows], FIRST_OF_IMAGE: rows % self.k == 0}
         info.update(_pathwise_info(r, slice(None)))
         return _scatter(r.reward, rows, n), active.copy(), {k: _scatter(v, rows, n) for k, v in info.items()}
 

@@ -163,6 +163,11 @@ class EnvConfig(_Strict):
     brightness_penalty: bool = Field(True, description="subtract the paper's brightness range penalty")
     num_envs_per_runner: int = Field(16, ge=1, description="pipelines one EnvRunner runs per executor call")
     max_images: int | None = Field(None, ge=1, description="cap on the train images an EnvRunner holds")
+    pipelines_per_image: int = Field(
+        1, ge=1, description="sequence + ppo.advantages terminal: K pipelines sampled for each drawn image in one "
+        "batch, each scored against the mean reward of the image's other K-1 (leave-one-out, as RLOO): the image's "
+        "own difficulty cancels out of the advantage; 1 = reward - V(s)",
+    )
 
 class PolicyConfig(_Strict):
     """The sequence policy network."""
@@ -219,7 +224,10 @@ class TrainConfig(_Strict):
 
     iterations: int = Field(40, ge=1, description="PPO iterations (each = ppo.train_batch_size env steps)")
     time_budget_s: float | None = Field(None, gt=0, description="stop after this many seconds of training")
-    image_budget: int | None = Field(None, ge=1, description="stop after this many training images (episodes)")
+    image_budget: int | None = Field(
+        None, ge=1, description="stop after this many distinct training images (an image run through K pipelines, "
+        "env.pipelines_per_image, counts once)",
+    )
     num_env_runners: int = Field(1, ge=0, description="remote EnvRunner actors (0: sample in the driver)")
     num_cpus_per_env_runner: float = Field(1, ge=0)
     num_gpus_per_env_runner: float = Field(0.0, ge=0, description="GPU fraction per EnvRunner (CuPy ISP + task model)")
@@ -297,6 +305,13 @@ class Config(_Strict):
         if self.ppo.advantages == "terminal" and self.env.kind != "sequence":
             raise ValueError("ppo.advantages: terminal is for env.kind: sequence (one terminal step per episode); "
                              f"env.kind {self.env.kind!r} needs gae")
+        k = self.env.pipelines_per_image
+        if k > 1 and self.ppo.advantages != "terminal":
+            raise ValueError(f"env.pipelines_per_image: {k} needs ppo.advantages: terminal (the leave-one-out "
+                             "baseline over an image's pipelines replaces GAE's value baseline)")
+        if self.env.num_envs_per_runner % k:
+            raise ValueError(f"env.num_envs_per_runner ({self.env.num_envs_per_runner}) must be a multiple of "
+                             f"env.pipelines_per_image ({k}): an image's K pipelines run in one step")
         task = self.task
         if isinstance(task, PluginTaskConfig) and task.module is None and task.kind not in task_kinds():
             raise ValueError(f"unknown task kind {task.kind!r}; registered: {task_kinds()} (a plugin kind needs "

@@ -49,6 +49,7 @@ def _row(name: str, doc: str, env: dict[str, Any], policy: dict[str, Any], **mor
 
 _SEQUENCE, _STEPWISE = {"kind": "sequence"}, {"kind": "stepwise", "all_modules_per_step": False}
 _GAE = {"ppo": {"advantages": "gae"}}
+_PATHWISE = {"image_blind": False, "param_learning": "pathwise"}
 METHODS: dict[str, Method] = {m.name: m for m in [
     *_row("sequence_ppo", "POS-ISP: the whole pipeline from one forward pass, trained on its terminal reward",
           _SEQUENCE, {"image_blind": False}, **_GAE),
@@ -58,9 +59,12 @@ METHODS: dict[str, Method] = {m.name: m for m in [
           {"image_blind": False}),
     *_row("stepwise_ppo_adaptiveisp", "step-wise with AdaptiveISP's compute: every module runs at every step",
           {**_STEPWISE, "all_modules_per_step": True}, {"image_blind": False}),
-    Method("sequence_ppo_terminal", {"env": _SEQUENCE, "policy": {"image_blind": False, "param_learning": "pathwise"},
+    Method("sequence_ppo_terminal", {"env": {**_SEQUENCE, "pipelines_per_image": 1}, "policy": _PATHWISE,
                                      "ppo": {"advantages": "terminal"}},
            "sequence_ppo with advantages = reward - V(s) on the real rows only (no bootstrap rows, no GAE)"),
+    Method("sequence_ppo_loo4", {"env": {**_SEQUENCE, "pipelines_per_image": 4}, "policy": _PATHWISE,
+                                 "ppo": {"advantages": "terminal"}},
+           "sequence_ppo with 4 sampled pipelines per image, each scored against the mean of the other 3 (RLOO)"),
 ]}
 
 

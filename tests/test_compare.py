@@ -68,20 +68,26 @@ def test_tiny_compare_produces_every_row_and_counts_compute(tiny_cfg, tiny_data,
     payload = json.loads(out.read_text())
     rows = {r["method"]: r for r in payload["rows"]}
     assert set(rows) == set(METHODS) | {"random_search", "camera_isp", "input_raw"}
-    for m in METHODS:
-        assert rows[m]["images"] >= 48 and rows[m]["params"] > 0 and rows[m]["latency_ms"] > 0
+    for m in METHODS:  # the budget counts distinct training images
+        assert rows[m]["distinct_images"] >= 48 and rows[m]["params"] > 0 and rows[m]["latency_ms"] > 0
         curve = rows[m]["curve"]  # val mAP at the budget's last iteration at least, with the compute spent by then
         assert curve and curve[-1]["images"] == rows[m]["images"] and curve[-1]["module_runs"] == rows[m]["module_runs"]
-    reach = {(r["target"], r["counter"]): r for r in payload["reach"]}
-    assert set(reach) == {(t, c) for t in ("stepwise_ppo", "stepwise_ppo_adaptiveisp") for c in ("module_runs",
-                                                                                               "task_images")}
-    best_seq = max(p["val"] for p in rows["sequence_ppo"]["curve"])
+        assert curve[-1]["distinct_images"] == rows[m]["distinct_images"]
+        k = METHODS[m].trains["env"].get("pipelines_per_image", 1)  # K pipelines per image: K episodes per image
+        assert rows[m]["images"] == k * rows[m]["distinct_images"]
+        if METHODS[m].trains["env"]["kind"] == "sequence":  # each pipeline is one task-model image, its own modules
+            assert rows[m]["task_images"] == rows[m]["images"]
+            assert rows[m]["module_runs"] <= tiny_cfg.isp.max_len * rows[m]["images"]
+    reach = {(r["method"], r["target"], r["counter"]): r for r in payload["reach"]}
+    assert set(reach) == {(m, t, c) for m in ("sequence_ppo", "sequence_ppo_terminal", "sequence_ppo_loo4")
+                          for t in ("stepwise_ppo", "stepwise_ppo_adaptiveisp") for c in ("module_runs", "task_images")}
     for r in reach.values():
         (s,) = r["seeds"]
+        best_seq = max(p["val"] for p in rows[r["method"]]["curve"])
         assert s["target_val"] == max(p["val"] for p in rows[r["target"]]["curve"])  # the target's kept checkpoint
         assert (s["ratio"] is None) == (best_seq < s["target_val"])  # "never reached" exactly when it was not
         if s["ratio"] is not None:
-            assert 0 < s["spent"] <= rows["sequence_ppo"][r["counter"]]
+            assert 0 < s["spent"] <= rows[r["method"]][r["counter"]]
             assert s["ratio"] == pytest.approx(s["spent"] / rows[r["target"]][r["counter"]])
     # AdaptiveISP's profile runs every module at every step: M x (steps taken) module runs per image-step,
     # plus, with pathwise parameters, the kept module once more through its torch twin
@@ -115,7 +121,7 @@ def test_budgeted_runs_show_progress_in_the_budgets_unit(tiny_cfg):
         def update(self, k):
             self.n += k
 
-    state = DriverState(iteration=3, images=150, train_seconds=42.7)
+    state = DriverState(iteration=3, images=600, distinct_images=150, train_seconds=42.7)  # the budget counts distinct
     for ccfg, total, unit, at in [
         (CompareConfig(budget="images", images=100), 100, "img", 100),
         (CompareConfig(budget="wall_clock", wall_clock_s=60), 60, "s", 42),

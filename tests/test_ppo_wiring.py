@@ -101,6 +101,50 @@ def test_one_step_advantage_is_reward_minus_the_learners_value(tiny_cfg, tiny_da
         np.testing.assert_allclose(adv, (raw - raw.mean()) / max(1e-4, raw.std()), atol=1e-5)
 
 
+def with_k(cfg, k: int):
+    raw = cfg.model_dump(mode="json")
+    raw["env"]["pipelines_per_image"] = k
+    raw["ppo"]["advantages"] = "terminal"
+    return type(cfg).model_validate(raw)
+
+
+def test_k_pipelines_per_image_are_scored_against_each_other(tiny_cfg, tiny_data, tiny_task):
+    """`env.pipelines_per_image: 4`: each drawn image runs through 4 sampled pipelines in the same step, and each
+    pipeline's advantage is its reward minus the mean reward of the image's other 3 (leave-one-out), standardised
+    over the batch; the value target stays the reward. One distinct image per group is counted."""
+    from ray.rllib.core.columns import Columns
+
+    from envs.sequence_isp import FIRST_OF_IMAGE, GROUP
+
+    learner, episodes = learner_and_episodes(with_k(tiny_cfg, 4), timesteps=32)
+    infos = [e.get_infos(-1) for e in episodes]
+    groups = np.array([i[GROUP] for i in infos])
+    ids, counts = np.unique(groups, return_counts=True)
+    assert len(episodes) == 32 and (counts == 4).all()  # 8 images x 4 pipelines
+    obs = np.stack([e.get_observations(0) for e in episodes])
+    firsts = np.array([bool(i[FIRST_OF_IMAGE]) for i in infos])
+    assert all(firsts[groups == g].sum() == 1 for g in ids)  # one distinct image per group
+    ref = np.array([i["ref_score"] for i in infos])
+    assert all(np.ptp(ref[groups == g]) == 0 for g in ids)  # the group's pipelines share the image's reference
+    assert all((obs[groups == g] == obs[groups == g][0]).all() for g in ids)  # one image per group
+    assert len({obs[groups == g][0].tobytes() for g in ids}) > 1  # and images, not one image, drawn
+    b = advantages_batch(learner, episodes)
+    rewards, adv = np.asarray(b[Columns.REWARDS], np.float64), np.asarray(b[Columns.ADVANTAGES], np.float64)
+    np.testing.assert_allclose(np.asarray(b[Columns.VALUE_TARGETS]), rewards, atol=1e-6)
+    sums = {g: rewards[groups == g].sum() for g in ids}
+    raw = np.array([r - (sums[g] - r) / 3 for r, g in zip(rewards, groups, strict=True)])
+    assert np.std(raw) > 0
+    np.testing.assert_allclose(adv, (raw - raw.mean()) / max(1e-4, raw.std()), atol=1e-4)
+    with pytest.raises(ValueError, match="multiple of env.pipelines_per_image"):
+        raw_cfg = with_k(tiny_cfg, 1).model_dump(mode="json")
+        raw_cfg["env"].update(pipelines_per_image=3, num_envs_per_runner=16)
+        type(tiny_cfg).model_validate(raw_cfg)
+    with pytest.raises(ValueError, match="needs ppo.advantages: terminal"):
+        raw_cfg = with_k(tiny_cfg, 2).model_dump(mode="json")
+        raw_cfg["ppo"]["advantages"] = "gae"
+        type(tiny_cfg).model_validate(raw_cfg)
+
+
 def test_terminal_advantages_refuse_multi_step_episodes_and_configs(tiny_cfg, tiny_data, tiny_task):
     """The step-wise env keeps RLlib's GAE: its config refuses `terminal`, and given multi-step episodes
     `TerminalAdvantages` says why not."""

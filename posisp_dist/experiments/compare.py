@@ -132,8 +132,10 @@ def fixed_rows(payload_rows: list[dict], seed: int, metrics: list[str]) -> list[
     ]
 
 
-COUNTERS = ("module_runs", "task_images", "task_backward_images", "train_seconds", "latency_ms", "params")
-COUNTER_COLUMNS = [("ISP module runs", "module_runs", ".0f"), ("task-model fwd images", "task_images", ".0f"),
+COUNTERS = ("distinct_images", "module_runs", "task_images", "task_backward_images", "train_seconds", "latency_ms",
+            "params")
+COUNTER_COLUMNS = [("training images", "distinct_images", ".0f"), ("ISP module runs", "module_runs", ".0f"),
+                   ("task-model fwd images", "task_images", ".0f"),
                    ("task-model bwd images", "task_backward_images", ".0f"), ("train s", "train_seconds", ".0f"),
                    ("latency ms/img", "latency_ms", ".2f"), ("params", "params", ".0f")]
 
@@ -186,11 +188,11 @@ def metric_vs_compute_png(agg: list[dict], rows: list[dict], path: Path, primary
         label = r["method"] if r["seed"] == min(q["seed"] for q in rows if q["method"] == r["method"]) else None
         ys = [p["val"] for p in r["curve"]]
         best = list(accumulate(ys, max if primary.get("higher_is_better", True) else min))
-        for axis, key in ((by_images, "images"), (by_runs, "module_runs")):
+        for axis, key in ((by_images, "distinct_images"), (by_runs, "module_runs")):
             xs = [p[key] for p in r["curve"]]
             axis.plot(xs, ys, marker=".", linewidth=0.6, color=colours[r["method"]], alpha=0.25)
             axis.step(xs, best, where="post", linewidth=1.6, color=colours[r["method"]], label=label)
-    by_images.set_xlabel("training images")
+    by_images.set_xlabel("distinct training images")
     by_runs.set_xlabel("ISP module runs during training")
     by_runs.set_xscale("log")
     by_runs.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
@@ -203,7 +205,8 @@ def metric_vs_compute_png(agg: list[dict], rows: list[dict], path: Path, primary
     return path
 
 
-REACH = (("sequence_ppo", "stepwise_ppo_adaptiveisp"), ("sequence_ppo", "stepwise_ppo"))
+REACH = tuple((m, t) for m in ("sequence_ppo", "sequence_ppo_terminal", "sequence_ppo_loo4")
+              for t in ("stepwise_ppo_adaptiveisp", "stepwise_ppo"))
 
 
 def summarise(ccfg: CompareConfig, rows: list[dict], parent: str | None, metrics: list[dict]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ IMAGES_METRIC = "charts/episodes_total"  # one episode is one training image
 class Counters:
     """Lifetime compute of a training run."""
 
-    images: int = 0  # training images (episodes)
+    images: int = 0  # training episodes: one image through one sampled pipeline (or K steps of one, step-wise)
+    distinct_images: int = 0  # training images drawn: an image run through K pipelines (`pipelines_per_image`) once
     module_runs: int = 0  # ISP module applications: images x modules actually processed
     task_calls: int = 0  # task-model forward calls
     task_images: int = 0  # images the task model scored (forward)

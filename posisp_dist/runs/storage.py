@@ -104,6 +104,7 @@ def read_state(ckpt: Path) -> DriverState:
         raw["best_val"] = raw.pop("best_val_map")
     if "episodes" in raw:  # checkpoints written before the counters had one name each
         raw["images"] = raw.pop("episodes")
+    raw.setdefault("distinct_images", raw.get("images", 0))  # written before K pipelines per image existed
     return DriverState(**raw)
 
 

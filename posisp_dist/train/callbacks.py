@@ -6,6 +6,8 @@ from typing import Any
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
+from envs.sequence_isp import FIRST_OF_IMAGE
+
 TASK_COUNTERS = ("task_calls", "task_images", "task_backward_images")  # kept by the env's core (envs/core.py)
 EPISODE_METRICS = ("task_score", "ref_score", "cost", "length", "pathwise_loss")
 RESTART_METRIC = "fault/env_runner_restarted_"  # + worker index; summed per iteration
@@ -48,6 +50,8 @@ class ISPCallbacks(RLlibCallback):
         for key in EPISODE_METRICS:
             if key in info:
                 metrics_logger.log_value(f"isp/{key}", float(info[key]), reduce="mean")
+        # a distinct training image per episode, or per group of K pipelines on one image (the sequence env's K)
+        metrics_logger.log_value("isp/distinct_images", int(bool(info.get(FIRST_OF_IMAGE, True))), reduce="sum")
         if "task_score" in info and "ref_score" in info:
             metrics_logger.log_value("isp/score_gain", float(info["task_score"] - info["ref_score"]), reduce="mean")
 

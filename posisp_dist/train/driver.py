@@ -329,7 +329,7 @@ def _bar_position(cfg: Config, state: DriverState) -> int:
     if t.time_budget_s:
         return min(int(state.train_seconds), int(t.time_budget_s))
     if t.image_budget:
-        return min(state.images, t.image_budget)
+        return min(state.distinct_images, t.image_budget)
     return state.iteration
 
 
@@ -338,7 +338,7 @@ def _budget_spent(cfg: Config, state: DriverState) -> bool:
     t = cfg.train
     return bool(
         (t.time_budget_s and state.train_seconds >= t.time_budget_s)
-        or (t.image_budget and state.images >= t.image_budget)
+        or (t.image_budget and state.distinct_images >= t.image_budget)
     )
 
 

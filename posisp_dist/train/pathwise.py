@@ -31,6 +31,7 @@ from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate, GeneralA
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.annotations import override
 
+from envs.sequence_isp import GROUP
 from posisp_dist.policy.rl_module import PATHWISE_PARAMS
 
 PARAM_GRAD = "param_grad"  # infos key and train-batch column: (P,) dL/d(normalised params) per timestep
@@ -73,28 +74,49 @@ class AddParamGradToBatch(ConnectorV2):
 class TerminalAdvantages(ConnectorV2):
     """Learner connector piece for one-step episodes (the sequence env: one action is a whole pipeline, its
     reward terminal), in place of RLlib's bootstrap timestep + GAE. With one terminal step the value target is
-    the reward and the advantage `r - V(s)`, standardised over the batch as RLlib's GAE does. `V(s)` is what
-    the EnvRunner's module computed while sampling (`Columns.VF_PREDS`): PPO samples with the weights it then
+    the reward and the advantage `r - b`, standardised over the batch as RLlib's GAE does.
+
+    The baseline `b`: where an image ran through K > 1 sampled pipelines in this batch (`env.pipelines_per_image`,
+    the steps' `group` info), the mean reward of its other K - 1 pipelines (leave-one-out, as RLOO): the image's
+    own difficulty cancels out and no value function has to generalise across images. Otherwise `V(s)`, what the
+    EnvRunner's module computed while sampling (`Columns.VF_PREDS`): PPO samples with the weights it then
     updates, so it equals the learner's forward pass, which is skipped. RLlib's default would also add one
     bootstrap timestep per episode, doubling a batch of one-step episodes for the learner's minibatches."""
 
     @override(ConnectorV2)
     def __call__(self, *, rl_module: Any, batch: dict[str, Any], episodes: list[Any], **kwargs: Any) -> Any:
+        groups = []  # one per episode, in the order the batch's rows were added (RLlib's episode iterator)
         for episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
             if len(episode) != 1 or not episode.is_terminated:
                 raise ValueError(
                     f"episode {episode.id_} has {len(episode)} steps (terminated={episode.is_terminated}); "
                     f"{ONE_STEP_EPISODES} is for envs whose every episode is one terminal step"
                 )
+            groups.append(episode.get_infos(-1).get(GROUP, -1 - len(groups)))  # no group: a group of its own
         for module_id, column in batch.items():
             if Columns.VF_PREDS not in column:
                 raise KeyError(f"module {module_id!r}: the EnvRunners sent no '{Columns.VF_PREDS}' with the episodes")
             rewards = column[Columns.REWARDS]
-            advantages = rewards - column[Columns.VF_PREDS].to(rewards.dtype)
+            baseline = column[Columns.VF_PREDS].to(rewards.dtype)
+            if len(groups) != len(rewards):
+                raise ValueError(f"module {module_id!r}: {len(rewards)} batch rows for {len(groups)} one-step episodes")
+            group = torch.as_tensor(np.asarray(groups, np.int64), device=rewards.device)
+            baseline = leave_one_out(rewards, group, baseline)
+            advantages = rewards - baseline
             std = advantages.std(correction=0).clamp_min(1e-4)
             column[Columns.ADVANTAGES] = (advantages - advantages.mean()) / std
             column[Columns.VALUE_TARGETS] = rewards
         return batch
+
+
+def leave_one_out(rewards: torch.Tensor, group: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """Each row's baseline: the mean reward of the other rows of its group; `fallback` for a row alone in its
+    group."""
+    _, inverse, counts = torch.unique(group, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(counts), dtype=rewards.dtype, device=rewards.device).index_add_(0, inverse, rewards)
+    n = counts[inverse].to(rewards.dtype)
+    others = (sums[inverse] - rewards) / (n - 1).clamp_min(1)
+    return torch.where(n > 1, others, fallback)
 
 
 class PathwisePPOLearner(PPOTorchLearner):
