@@ -120,9 +120,8 @@ def end_actor_on_data_error(err: Exception, mailbox: Any, worker_index: int) -> 
 class EnvKind:
     """One `env.kind`: its single and vector env classes (both built as `(source, [num_envs,] *args(cfg))`),
     how many env steps one drawn image takes at most (one action = one whole pipeline: 1, or K with K pipelines
-    per image), the steps of its
-    policy's greedy rollout (None: one pipeline per image, decoded at once), and the vector env's own keyword
-    arguments (the sequence env's K pipelines per image)."""
+    per image), the steps of its policy's greedy rollout (None: one pipeline per image, decoded at once), and the
+    vector env's own keyword arguments (the sequence env's K pipelines per image)."""
 
     single: type[gym.Env]
     vector: type[gym.vector.VectorEnv]
