@@ -54,7 +54,9 @@ def main(config: str, checkpoint: str, out: str, *sets: str) -> None:
     for equalise in (False, True):
         for ev in (0.0, *EV_SHIFTS) if equalise else EV_SHIFTS:
             stops = ev + (np.log2(np.median(mean) / mean) if equalise else 0.0)
-            core.images = np.clip(images * (2.0 ** np.broadcast_to(stops, mean.shape))[:, None, None, None], 0, 1)
+            core.images = np.clip(
+                images * (2.0 ** np.broadcast_to(stops, mean.shape))[:, None, None, None], 0, 1
+            ).astype(np.float32)
             rows[f"input {ev:+.1f} EV" + (", brightness equalised" if equalise else "")] = metric()
     core.images = images
     for name, row in rows.items():
