@@ -182,6 +182,12 @@ class PolicyConfig(_Strict):
         "stays PPO) | ppo (a Beta head trained by PPO from the terminal reward, like the sequence)",
     )
     pathwise_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the parameter network (pathwise)")
+    param_stats: bool = Field(
+        False,
+        description="pathwise: the parameter network's head also sees each preview's exposure statistics (mean and "
+        "spread of its log2 level per channel), which the LayerNorm over its encoder's features divides out; "
+        "without them its parameters can end up the same for every image",
+    )
     pathwise_backward: Literal["exact", "fast"] = Field(
         "fast",
         description="gradient through the NLM denoise: exact (its full torch graph; ~10x the cost of the rest of "

@@ -75,6 +75,8 @@ def test_inference_is_greedy_and_deterministic(module):
 def test_model_config_reaches_the_network():
     m = build(image_blind=True, allow_repeats=True, hidden=8)
     assert m.net.image_blind and m.net.allow_repeats and m.net.value_head.in_features == 8
+    m = build(param_learning="pathwise", param_stats=True, hidden=8)
+    assert m.net.param_stats and m.net.param_out.in_features == 8 + 6
 
 
 def test_sampling_from_distribution_inputs_alone_is_refused(module):

@@ -101,3 +101,38 @@ def test_greedy_decoding_is_deterministic_and_image_blind_ignores_the_image():
     d1 = blind.decode(blind.features(torch.rand(2, 32, 32, 3)), greedy=True)
     d2 = blind.decode(blind.features(torch.rand(2, 32, 32, 3)), greedy=True)
     torch.testing.assert_close(d1.logits, d2.logits)  # the sequence does not depend on the image
+
+
+def test_exposure_stats_read_stops_in_units_of_four():
+    """Doubling a preview's level adds exactly 1/4 to each channel's mean (log2 / 4) and leaves the spread alone."""
+    from posisp_dist.policy.sequence_policy import exposure_channels, exposure_stats
+
+    obs = torch.rand(2, 8, 8, 3) * 0.1 + 0.01
+    a, b = exposure_stats(exposure_channels(obs)), exposure_stats(exposure_channels(2.0 * obs))
+    torch.testing.assert_close(b[:, :3] - a[:, :3], torch.full((2, 3), 0.25))
+    torch.testing.assert_close(b[:, 3:], a[:, 3:])
+    expected = (torch.log2(obs) / 4).permute(0, 3, 1, 2).flatten(2)
+    torch.testing.assert_close(a, torch.cat([expected.mean(-1), expected.std(-1)], 1))
+
+
+@pytest.mark.parametrize("param_stats", [False, True])
+def test_parameter_network_tells_brightness_apart_only_with_exposure_stats(param_stats):
+    """A ReLU encoder whose features only scale with the image's brightness is all LayerNorm-ed away: the same
+    parameters for an image and its 4x brighter copy, unless the head also sees the exposure statistics."""
+    torch.manual_seed(0)
+    net = SequencePolicyNet(M, 4, L, hidden=16, param_learning="pathwise", param_stats=param_stats)
+    encoder = net.param_encoder[0]
+    with torch.no_grad():
+        for layer in encoder:  # bias-free, non-negative weights, 3 linear input channels only: f(c x) = c f(x)
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                layer.weight.abs_()
+                layer.bias.zero_()
+        encoder[0].weight[:, 3:].zero_()
+        net.param_out.weight.normal_()
+    obs = torch.rand(1, 16, 16, 3) * 0.05 + 0.01
+    p = net.params(torch.cat([obs, 4.0 * obs]))
+    assert net.param_out.in_features == 16 + (6 if param_stats else 0)
+    if param_stats:
+        assert (p[0] - p[1]).abs().max() > 1e-2
+    else:
+        torch.testing.assert_close(p[0], p[1])

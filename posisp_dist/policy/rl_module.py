@@ -46,7 +46,8 @@ PATHWISE_PARAMS = "pathwise_params"  # forward_train output: (B, P) the paramete
 
 class SequencePolicyModule(TorchRLModule, ValueFunctionAPI):
     """model_config keys: `hidden` (64), `image_blind` (False), `allow_repeats` (False), `param_learning`
-    ("ppo" | "pathwise"), `param_init` (normalised start params of the pathwise parameter network)."""
+    ("ppo" | "pathwise"), `param_init` (normalised start params of the pathwise parameter network), `param_stats`
+    (False: whether that network also sees each preview's exposure statistics)."""
 
     @override(RLModule)
     def setup(self) -> None:
@@ -62,6 +63,7 @@ class SequencePolicyModule(TorchRLModule, ValueFunctionAPI):
             state_planes=int(self.observation_space.shape[-1]) - 3,
             param_learning=str(cfg.get("param_learning", "ppo")),
             param_init=cfg.get("param_init"),
+            param_stats=bool(cfg.get("param_stats", False)),
         )
         self._dist_cls = PipelineDistribution.get_partial_dist_cls(
             max_len=max_len, n_tokens=n_modules + 1, with_params=not self.net.pathwise

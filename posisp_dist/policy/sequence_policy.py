@@ -36,6 +36,21 @@ def exposure_channels(obs: torch.Tensor) -> torch.Tensor:
     return torch.cat([lin, stops, x[:, 3:]], dim=1)
 
 
+EXPOSURE_STATS = 6  # exposure_stats' width
+
+
+def exposure_stats(channels: torch.Tensor) -> torch.Tensor:
+    """(B, 6 + E, S, S) exposure channels -> (B, 6): per colour channel, the mean and the spread of the preview's
+    log2 level, in units of 4 stops (so a few stops of under-exposure read as about -1 to -2, not -0.2).
+
+    The parameter network's encoder is a ReLU net whose features grow with the image's brightness along one
+    direction; the LayerNorm after it divides that scale out, and with it how dark the image is. These six numbers
+    reach the head beside the normalised features, so the parameters can follow each image's exposure and noise.
+    """
+    stops = (channels[:, 3:6] - 1.0) * (LOG_FLOOR_STOPS / 4.0)  # log2(level) / 4
+    return torch.cat([stops.mean((2, 3)), stops.std((2, 3))], dim=1)
+
+
 class Decoded(NamedTuple):
     tokens: torch.Tensor  # (B, L) module ids, STOP-padded after the first STOP
     logits: torch.Tensor  # (B, L, M + 1) step logits after masking
@@ -73,6 +88,7 @@ class SequencePolicyNet(nn.Module):
         state_planes: int = 0,
         param_learning: str = "ppo",
         param_init: Sequence[float] | None = None,
+        param_stats: bool = False,
     ) -> None:
         super().__init__()
         if param_learning not in ("ppo", "pathwise"):
@@ -81,11 +97,12 @@ class SequencePolicyNet(nn.Module):
         self.stop, self.sos = n_modules, n_modules + 1
         self.image_blind, self.allow_repeats = image_blind, allow_repeats
         self.pathwise = param_learning == "pathwise"
+        self.param_stats = param_stats and self.pathwise
         self.encoder = image_encoder(6 + state_planes, hidden)
         if self.pathwise:  # POS-ISP's parameter predictor: its own encoder, deterministic output
             # LayerNorm: the head sees bounded features, so encoder updates cannot push every sigmoid to 0 or 1
             self.param_encoder = nn.Sequential(image_encoder(6 + state_planes, hidden), nn.LayerNorm(hidden))
-            self.param_out = nn.Linear(hidden, n_params)
+            self.param_out = nn.Linear(hidden + (EXPOSURE_STATS if self.param_stats else 0), n_params)
             init = torch.full((n_params,), 0.5) if param_init is None else torch.as_tensor(param_init).float()
             if init.shape != (n_params,):
                 raise ValueError(f"param_init must hold {n_params} normalised values, got {tuple(init.shape)}")
@@ -108,7 +125,11 @@ class SequencePolicyNet(nn.Module):
         """Pathwise: (B, S, S, 3) previews -> (B, P) normalised parameters of every module, in (0, 1)."""
         if not self.pathwise:
             raise RuntimeError("params() is the pathwise parameter network; this policy samples from a Beta head")
-        return torch.sigmoid(self.param_out(self.param_encoder(exposure_channels(obs))))
+        channels = exposure_channels(obs)
+        feat = self.param_encoder(channels)
+        if self.param_stats:
+            feat = torch.cat([feat, exposure_stats(channels)], dim=-1)
+        return torch.sigmoid(self.param_out(feat))
 
     def value(self, feat: torch.Tensor) -> torch.Tensor:
         return self.value_head(feat).squeeze(-1)
