@@ -76,6 +76,8 @@ class ISPTaskCore:
         cache_namespace: str | None = None,
         kernels: str = "fast",
         pathwise_backward: str = "exact",
+        pathwise_fraction: float = 1.0,
+        seed: int | list[int] = 0,
     ) -> None:
         if len(batch) == 0:
             raise ValueError("the environment needs at least one image")
@@ -84,6 +86,10 @@ class ISPTaskCore:
         self.executor = ISPExecutor(registry, xp, kernels)
         self.cost_lambda, self.use_brightness = cost_lambda, brightness
         self.pathwise_backward = pathwise_backward  # torch_twin.run_pipelines(backward=...)
+        if not 0.0 < pathwise_fraction <= 1.0:
+            raise ValueError(f"pathwise_fraction must lie in (0, 1], got {pathwise_fraction}")
+        self.pathwise_fraction = pathwise_fraction
+        self.rng = np.random.default_rng(seed)  # which rows of a pathwise step get the gradient (fraction < 1)
         self.images = input_raw(xp.asarray(batch.raw), batch.black_level, batch.white_level, batch.cfa, xp)
         self.previews = area_downsample(to_numpy(self.images), preview_size).astype(np.float32)
         self.targets = batch.targets
@@ -171,7 +177,7 @@ class ISPTaskCore:
         outputs when the caller ran them already (AdaptiveISP's every-module step)."""
         grad = loss = None
         if param_grad:
-            out, score, grad, loss = self.pathwise(images, tokens, params, idx)
+            out, score, grad, loss = self.pathwise_sampled(images, tokens, params, idx)
         else:
             out = outputs if outputs is not None else self.executor.run(images, tokens, params)
             score = np.asarray(self.task.score(out, [self.targets[i] for i in idx]), np.float64)
@@ -184,6 +190,32 @@ class ISPTaskCore:
         pen = brightness_penalty(out, self.xp) if self.use_brightness else np.zeros(len(idx))
         reward = isp_reward(score, prev_score, pen, prev_penalty, cost, self.cost_lambda)
         return StepResult(reward, score, self.ref_score[idx], cost, length, tokens, params, out, grad, loss, pen)
+
+    def pathwise_sampled(
+        self, images: Any, tokens: np.ndarray, params: np.ndarray, idx: np.ndarray
+    ) -> tuple[Any, ...]:
+        """`pathwise` on all N rows, or (`pathwise_fraction` f < 1) on a random m = max(1, round(f N)) of them:
+        the other rows run the fast kernels and a forward-only task pass (the same outputs and scores, no backward),
+        their gradient is 0 and their loss NaN, and the m gradients are scaled by N / m, so the learner's mean over
+        the batch stays an unbiased estimate of the full batch's mean gradient, at m task-model backward passes
+        instead of N."""
+        n = len(idx)
+        m = max(1, round(self.pathwise_fraction * n))
+        if m >= n:
+            return self.pathwise(images, tokens, params, idx)
+        rows = np.sort(self.rng.choice(n, m, replace=False))
+        rest = np.setdiff1d(np.arange(n), rows)
+        xp = self.xp
+        out_g, score_g, grad_g, loss_g = self.pathwise(images[xp.asarray(rows)], tokens[rows], params[rows], idx[rows])
+        out_r = self.executor.run(images[xp.asarray(rest)], tokens[rest], params[rest])
+        score_r = np.asarray(self.task.score(out_r, [self.targets[i] for i in idx[rest]]), np.float64)
+        self.task_calls += 1  # the forward-only batch (`step` counts the pathwise one)
+        out = xp.empty((n, *out_g.shape[1:]), dtype=out_g.dtype)
+        out[xp.asarray(rows)], out[xp.asarray(rest)] = out_g, out_r
+        score, grad, loss = np.empty(n), np.zeros((n, grad_g.shape[1]), np.float32), np.full(n, np.nan)
+        score[rows], score[rest] = score_g, score_r
+        grad[rows], loss[rows] = grad_g * np.float32(n / m), loss_g
+        return out, score, grad, loss
 
     def pathwise(self, images: Any, tokens: np.ndarray, params: np.ndarray, idx: np.ndarray) -> tuple[Any, ...]:
         """`images` (N, H, W, 3, an `xp` batch; renderings of the core's images `idx`) through the pipelines of

@@ -95,7 +95,8 @@ class CoreSource:
             args = (env.preview_size, env.cost_lambda, env.brightness_penalty, open_cache(cfg.cache), ns)
             self._core = ISPTaskCore(
                 batch, task, self.registry, xp, *args, kernels=cfg.isp.kernels,
-                pathwise_backward=cfg.policy.pathwise_backward,
+                pathwise_backward=cfg.policy.pathwise_backward, pathwise_fraction=cfg.policy.pathwise_fraction,
+                seed=[cfg.seed, self.worker_index],
             )
         return self._core
 

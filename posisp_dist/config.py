@@ -194,6 +194,14 @@ class PolicyConfig(_Strict):
         "the pipeline on a CPU) | fast (same value from the fused kernel, image gradient passed straight "
         "through, d/dh by a central difference); the other modules are always exact",
     )
+    pathwise_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="pathwise: the share of each EnvRunner step's pipelines whose task loss is backpropagated (a "
+        "random subset, its gradients scaled so the batch mean stays unbiased); the rest run the fast kernels and a "
+        "forward-only task pass for their reward. Below 1 it saves task-model backward passes (bench/README.md)",
+    )
 
 
 class PPOConfigModel(_Strict):

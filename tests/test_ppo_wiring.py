@@ -231,3 +231,21 @@ def test_pathwise_gradient_reaches_the_parameter_network_as_the_task_loss_gradie
     direct = net.param_out.weight.grad.clone()
     assert direct.abs().sum() > 0
     torch.testing.assert_close(via_learner, direct, rtol=1e-3, atol=1e-6)
+
+
+def test_a_pathwise_fraction_reaches_the_env_runners_and_keeps_their_metrics_finite(tiny_cfg, tiny_data, tiny_task):
+    """`policy.pathwise_fraction: 0.5` in an RLlib EnvRunner: its core backpropagates about half of each step's
+    pipelines; the others carry a zero gradient and no loss, and the episode metrics stay finite."""
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    raw = tiny_cfg.model_dump(mode="json")
+    raw["policy"].update(param_learning="pathwise", pathwise_fraction=0.5)
+    runner = SingleAgentEnvRunner(config=tiny_algo_config(type(tiny_cfg).model_validate(raw)))
+    episodes = runner.sample(num_timesteps=16)
+    assert runner.env.unwrapped.core.pathwise_fraction == 0.5
+    infos = [e.get_infos(-1) for e in episodes]
+    real = np.array([np.isfinite(i["pathwise_loss"]) for i in infos])
+    assert 0 < real.sum() < len(infos)
+    assert not any(np.asarray(i["param_grad"]).any() for i, r in zip(infos, real, strict=True) if not r)
+    metrics = runner.get_metrics()
+    assert np.isfinite(float(metrics["isp/pathwise_loss"]))

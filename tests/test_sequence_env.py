@@ -128,3 +128,32 @@ def test_a_batch_of_stop_only_pipelines_has_zero_parameter_gradient(core):
     mixed[1, 0] = 0  # one exposure: that row's gradient is real, the others stay 0
     res = core.evaluate(np.arange(3), mixed, np.full((3, P), 0.5, np.float32), param_grad=True)
     assert res.param_grad[1].any() and not res.param_grad[[0, 2]].any()
+
+
+def test_a_pathwise_fraction_backpropagates_a_subset_and_keeps_the_batch_mean_unbiased(tiny_data, tiny_task):
+    """`policy.pathwise_fraction`: of 8 pipelines, 4 go through the twin and the task loss's backward pass; their
+    gradients are the full step's times 8 / 4, the other 4 get 0 (and a NaN loss), while every pipeline keeps the
+    reward, score and output it gets when all 8 are backpropagated."""
+    batch = RawDataset(tiny_data, "val").load()
+    full = ISPTaskCore(batch, tiny_task, R, preview_size=32)
+    half = ISPTaskCore(batch, tiny_task, R, preview_size=32, pathwise_fraction=0.5, seed=3)
+    rng = np.random.default_rng(0)
+    n = 8
+    tokens = np.stack([rng.permutation(M)[:4] for _ in range(n)])
+    params = rng.uniform(0.3, 0.7, (n, P)).astype(np.float32)
+    idx = np.arange(n) % len(full)
+    a = full.evaluate(idx, tokens, params, param_grad=True, keep_output=True)
+    backward = half.task_backward_images
+    b = half.evaluate(idx, tokens, params, param_grad=True, keep_output=True)
+    assert half.task_backward_images - backward == 4
+    chosen = np.isfinite(b.pathwise_loss)
+    assert chosen.sum() == 4
+    np.testing.assert_allclose(b.param_grad[chosen], 2.0 * a.param_grad[chosen], rtol=1e-4, atol=1e-6)
+    assert not b.param_grad[~chosen].any() and a.param_grad[~chosen].any()
+    np.testing.assert_allclose(b.pathwise_loss[chosen], a.pathwise_loss[chosen], rtol=1e-5)
+    np.testing.assert_allclose(b.reward, a.reward, atol=1e-4)
+    np.testing.assert_allclose(b.output, a.output, atol=1e-4)
+    later = [half.evaluate(idx, tokens, params, param_grad=True).pathwise_loss for _ in range(4)]
+    assert np.isfinite(np.stack(later)).any(0).sum() > 4  # each step draws its own subset
+    with pytest.raises(ValueError, match="pathwise_fraction"):
+        ISPTaskCore(batch, tiny_task, R, preview_size=32, pathwise_fraction=0.0)

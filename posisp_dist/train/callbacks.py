@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
@@ -47,8 +48,8 @@ class ISPCallbacks(RLlibCallback):
         info = dict(episode.get_infos(-1))
         if "cost" in info:  # step-wise episodes pay per step: the pipeline's cost is the sum
             info["cost"] = sum(float(i.get("cost", 0.0)) for i in episode.get_infos())
-        for key in EPISODE_METRICS:
-            if key in info:
+        for key in EPISODE_METRICS:  # (a pipeline outside `policy.pathwise_fraction`'s subset has no loss: NaN)
+            if key in info and math.isfinite(float(info[key])):
                 metrics_logger.log_value(f"isp/{key}", float(info[key]), reduce="mean")
         # a distinct training image per episode, or per group of K pipelines on one image (the sequence env's K)
         metrics_logger.log_value("isp/distinct_images", int(bool(info.get(FIRST_OF_IMAGE, True))), reduce="sum")
