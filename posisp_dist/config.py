@@ -246,6 +246,11 @@ class TrainConfig(_Strict):
     num_cpus_per_env_runner: float = Field(1, ge=0)
     num_gpus_per_env_runner: float = Field(0.0, ge=0, description="GPU fraction per EnvRunner (CuPy ISP + task model)")
     num_gpus_per_learner: float = Field(0.0, ge=0, description="GPU for the central learner")
+    overlap: bool = Field(
+        False,
+        description="the EnvRunners sample the next batch while the learner updates on the last one (each batch "
+        "then trains weights one update newer than those that sampled it); false: RLlib's PPO, which alternates",
+    )
     checkpoint_every: int = Field(5, ge=1, description="iterations between checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="local checkpoints kept (all are logged to MLflow)")
     val_every: int = Field(

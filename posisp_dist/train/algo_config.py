@@ -13,6 +13,7 @@ from posisp_dist.config import Config
 from posisp_dist.data.transport import Shipment
 from posisp_dist.policy.rl_module import SequencePolicyModule
 from posisp_dist.train.callbacks import ISPCallbacks
+from posisp_dist.train.overlap import OverlappingPPO
 from posisp_dist.train.pathwise import ONE_STEP_EPISODES, PathwisePPOLearner, learner_connector
 
 SAMPLE_TIMEOUT_S = 3600.0  # one sampling round may take this long before RLlib gives up on it
@@ -48,7 +49,7 @@ def build_algo_config(cfg: Config, shipment: Shipment | None = None, data_errors
     pathwise = cfg.policy.param_learning == "pathwise"
     model_config = {**cfg.policy.model_dump(), "param_init": probe_registry_identity(cfg)}
     return (
-        PPOConfig()
+        PPOConfig(algo_class=OverlappingPPO if train.overlap else None)
         .environment(
             RLLIB_ENV_ID,
             env_config=env_config(cfg, shipment=shipment, data_errors=data_errors),
