@@ -80,7 +80,8 @@ class TerminalAdvantages(ConnectorV2):
     the steps' `group` info), the mean reward of its other K - 1 pipelines (leave-one-out, as RLOO): the image's
     own difficulty cancels out and no value function has to generalise across images. Otherwise `V(s)`, what the
     EnvRunner's module computed while sampling (`Columns.VF_PREDS`): PPO samples with the weights it then
-    updates, so it equals the learner's forward pass, which is skipped. RLlib's default would also add one
+    updates, so it equals the learner's forward pass, which is skipped (with `train.overlap` it is the value of
+    the weights one update older, those that sampled the batch). RLlib's default would also add one
     bootstrap timestep per episode, doubling a batch of one-step episodes for the learner's minibatches."""
 
     @override(ConnectorV2)
