@@ -91,12 +91,16 @@ def test_loop_bench_measures_the_task_model_the_env_runner_and_whole_iterations_
     result = loop.run(Config.model_validate(raw), timesteps=16, iterations=1)
     (row,) = result["rows"]
     assert row["task"] == "builtin_detector" and row["num_env_runners"] == 1 and row["cpus_per_env_runner"] == 1
-    for key in ("task_fwd_bwd_images_s", "pathwise_step_images_s", "iteration_images_s"):
+    for key in ("task_fwd_bwd_images_s", "pathwise_step_images_s", "iteration_images_s", "side_by_side_images_s"):
         assert 0 < row[key] < float("inf"), key
     assert row["pathwise_vs_task"] == pytest.approx(row["pathwise_step_images_s"] / row["task_fwd_bwd_images_s"])
     assert row["iteration_vs_pathwise"] == pytest.approx(row["iteration_images_s"] / row["pathwise_step_images_s"])
     assert row["iteration_images_s"] == pytest.approx(32 / row["iteration_seconds"])
-    assert "(b)/(a)" in loop.format_rows(result)
+    # (d) factors (c)/(b): what the EnvRunners lose to each other times what the learner and overheads cost
+    factors = row["side_by_side_vs_pathwise"] * row["iteration_vs_side_by_side"]
+    assert factors == pytest.approx(row["iteration_vs_pathwise"])
+    assert row["iteration_vs_side_by_side"] == pytest.approx(row["iteration_images_s"] / row["side_by_side_images_s"])
+    assert "(b)/(a)" in loop.format_rows(result) and "(c)/(d)" in loop.format_rows(result)
 
 
 def test_bench_loop_writes_one_row_per_config_named_by_its_file(tmp_path, monkeypatch):
@@ -110,7 +114,8 @@ def test_bench_loop_writes_one_row_per_config_named_by_its_file(tmp_path, monkey
         return {"machine": "x", "rows": [{"task": cfg.task.kind, "task_fwd_bwd_images_s": 2.0,
                                           "pathwise_step_images_s": 1.0, "iteration_images_s": 1.5,
                                           "iteration_seconds": 1.0, "pathwise_vs_task": 0.5,
-                                          "iteration_vs_pathwise": 0.75}]}
+                                          "iteration_vs_pathwise": 0.75, "side_by_side_images_s": 1.8,
+                                          "side_by_side_vs_pathwise": 0.9, "iteration_vs_side_by_side": 0.83}]}
 
     monkeypatch.setattr(loop, "run", fake_run)
     out = tmp_path / "loop.json"
@@ -120,3 +125,27 @@ def test_bench_loop_writes_one_row_per_config_named_by_its_file(tmp_path, monkey
     assert [r["config"] for r in result["rows"]] == configs
     assert seen == [("builtin_detector", 128, 2), ("ultralytics", 128, 2)]
     assert result["command"].startswith("posisp ")
+
+
+def test_loop_bench_runs_torch_on_the_env_runner_share_after_the_isp_kernels_start_numba():
+    """(a) and (b) run on one EnvRunner's share. In a process whose Numba pool was sized for the whole machine
+    (the bench's own, unlike a Ray worker's), starting that pool at the first ISP call resets the OpenMP thread
+    count torch shares: the task model then ran on two threads in (b). In a fresh process, so that the pool
+    starts inside the context as it did in the bench."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, numpy as np, torch\n"
+        "os.environ.pop('OMP_NUM_THREADS', None)\n"
+        "from posisp_dist.benchmarks.loop import env_runner_share\n"
+        "from posisp_dist.isp import fast_cpu, modules as m\n"
+        "with env_runner_share(1):\n"
+        "    fast_cpu.KERNELS[m.gamma](np.full((2, 8, 8, 3), 0.5, np.float32), np.full((2, 1), 1.0, np.float32))\n"
+        "    print(torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "NUMBA_NUM"))}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "1"

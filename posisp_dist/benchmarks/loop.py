@@ -5,11 +5,16 @@
 (b) one EnvRunner sampling with the pathwise learner (policy forward, ISP twin forward + backward, task model
     forward + backward, reward, packing), torch on the EnvRunner's own core count;
 (c) whole training iterations on Ray (the EnvRunners sampling in parallel, the central learner's update, weight
-    sync), after a warm-up iteration.
+    sync), after a warm-up iteration;
+(d) the same Ray EnvRunners sampling one iteration's batch side by side, nothing else running (each its own
+    rollout, as PPO asks for it; only their step counts come back).
 
 (a) and (b) are per EnvRunner; (c) is compared with (b) times the number of EnvRunners, the rate at which they
-sample side by side: (b)/(a) says what the pathwise step adds to the task model, (c)/(b) what the rest of the
-iteration (the learner, which the EnvRunners wait for, and the overheads) costs.
+would sample side by side if they did not slow each other down: (b)/(a) says what the pathwise step adds to the
+task model, (c)/(b) what the rest of the iteration costs. (d) splits (c)/(b) in two factors, (d)/(b): what the
+EnvRunners lose to each other on a shared machine (memory bandwidth, clocks, Ray's own processes), and (c)/(d):
+what the learner, which the EnvRunners wait for, and the iteration's overheads (episodes to the driver, weight
+sync) cost.
 """
 
 from __future__ import annotations
@@ -67,8 +72,22 @@ def pathwise_step_images_s(cfg: Config, timesteps: int, rounds: int = 5) -> floa
     return float(env_runner_steps_per_s(cfg, cfg.isp.kernels, timesteps, rounds)["env_steps_per_s"])
 
 
+def side_by_side_images_s(algo: Any, rounds: int) -> float:
+    """(d): `rounds` of every remote EnvRunner of `algo` sampling its default rollout at once (RLlib's public
+    `EnvRunnerGroup.foreach_env_runner`); the rate over all rounds."""
+
+    def steps(runner: Any) -> int:
+        return sum(len(e) for e in runner.sample())
+
+    group, n, t = algo.env_runner_group, 0, time.perf_counter()
+    for _ in range(rounds):
+        n += sum(group.foreach_env_runner(steps, local_env_runner=group.num_remote_env_runners() == 0))
+    return n / (time.perf_counter() - t)
+
+
 def iteration_images_s(cfg: Config, iterations: int) -> dict[str, float]:
-    """(c): `iterations` timed `algo.train()` calls after one warm-up, on a local Ray instance."""
+    """(c): `iterations` timed `algo.train()` calls after one warm-up, on a local Ray instance; then (d) on the
+    same EnvRunners for as many rounds."""
     import ray
 
     from posisp_dist.train.algo_config import build_algo_config
@@ -82,17 +101,29 @@ def iteration_images_s(cfg: Config, iterations: int) -> dict[str, float]:
         for _ in range(iterations):  # (RLlib's own timers are smoothed from the warm-up on: not used here)
             algo.train()
         dt = time.perf_counter() - t
+        d = side_by_side_images_s(algo, iterations)
     finally:
         algo.stop()
         if started:
             ray.shutdown()
-    return {"iteration_images_s": cfg.ppo.train_batch_size * iterations / dt, "iteration_seconds": dt / iterations}
+    return {
+        "iteration_images_s": cfg.ppo.train_batch_size * iterations / dt,
+        "iteration_seconds": dt / iterations,
+        "side_by_side_images_s": d,
+    }
 
 
 @contextmanager
 def env_runner_share(cpus: int) -> Iterator[None]:
     """This process computes on an EnvRunner's CPU share, as Ray gives it: torch's threads, and the fused ISP
-    kernels' Numba threads (read from OMP_NUM_THREADS on every call, `isp.fast_prims._cpu_share`)."""
+    kernels' Numba threads (read from OMP_NUM_THREADS on every call, `isp.fast_prims._cpu_share`). Numba's
+    thread pool is started first: this process sized it for the whole machine when it imported Numba (a Ray
+    worker sizes it by its share, `isp.numba_env`), and starting it sets the OpenMP thread count that torch
+    shares, which would otherwise undo torch's setting at the first ISP call (the task model then ran on two
+    threads in (b), and (b) read up to 1.4x what an EnvRunner gets from its one core)."""
+    from posisp_dist.isp.fast_prims import nb  # Numba, imported after its settings (`isp.numba_env`)
+
+    nb.get_num_threads()  # starts the pool (once per process) before torch's thread count is set
     threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(cpus)
     os.environ["OMP_NUM_THREADS"] = str(cpus)
@@ -124,17 +155,21 @@ def run(cfg: Config, timesteps: int = 128, iterations: int = 5) -> dict[str, Any
         **c,
         "pathwise_vs_task": b / a,
         "iteration_vs_pathwise": c["iteration_images_s"] / (b * runners),
+        "side_by_side_vs_pathwise": c["side_by_side_images_s"] / (b * runners),
+        "iteration_vs_side_by_side": c["iteration_images_s"] / c["side_by_side_images_s"],
     }
     return {**machine_info(), "torch": torch.__version__, "rows": [row]}
 
 
 def format_rows(result: dict[str, Any]) -> str:
     out = ["| task | (a) task fwd+bwd img/s | (b) pathwise EnvRunner img/s | (c) iteration img/s | s/iteration | "
-           "(b)/(a) | (c)/(b×runners) |", "|---|---|---|---|---|---|---|"]
+           "(b)/(a) | (c)/(b×runners) | (d) side by side img/s | (d)/(b×runners) | (c)/(d) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         out.append(
             f"| {r['task']} | {r['task_fwd_bwd_images_s']:.1f} | {r['pathwise_step_images_s']:.1f} | "
             f"{r['iteration_images_s']:.1f} | {r['iteration_seconds']:.2f} | {r['pathwise_vs_task']:.2f} | "
-            f"{r['iteration_vs_pathwise']:.2f} |"
+            f"{r['iteration_vs_pathwise']:.2f} | {r['side_by_side_images_s']:.1f} | "
+            f"{r['side_by_side_vs_pathwise']:.2f} | {r['iteration_vs_side_by_side']:.2f} |"
         )
     return "\n".join(out)
